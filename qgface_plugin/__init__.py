@@ -1,0 +1,25 @@
+"""qgface_plugin: QGFace (quality-guided joint training for mixed-quality face recognition,
+arXiv 2312.17494) for insightface's arcface_torch.
+
+The components import only torch, numpy and OpenCV; nothing here imports arcface_torch.
+"""
+from .classifier import MarginClassifier
+from .contrastive import masked_info_nce, pair_quality, pair_weight, rescale_factor
+from .errors import QGFaceConfigError, QGFaceInputError
+from .loss import QGFaceLoss
+from .margins import AdaFaceMargin, ArcFaceMargin, CosFaceMargin, QualityMargin, build_margin
+from .quality import Quality, QualityPartition, threshold_schedule
+from .queue import ProxyQueue, fetch_centres
+from .views import FlipTransform, TwoViewTransform, degrade
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "QualityPartition", "Quality", "threshold_schedule",
+    "ProxyQueue", "fetch_centres",
+    "QualityMargin", "AdaFaceMargin", "ArcFaceMargin", "CosFaceMargin", "build_margin",
+    "MarginClassifier", "QGFaceLoss",
+    "masked_info_nce", "pair_weight", "pair_quality", "rescale_factor",
+    "TwoViewTransform", "FlipTransform", "degrade",
+    "QGFaceConfigError", "QGFaceInputError", "__version__",
+]

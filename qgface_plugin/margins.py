@@ -1,0 +1,196 @@
+"""Margins for the HQ (classification) branch, as Partial FC ``margin_loss(logits, labels)`` callables.
+
+Each margin maps clamped cosine logits ``[N, C]`` and labels ``[N]`` / ``[N, 1]`` (−1 = "class not
+on this shard", as in arcface_torch's Partial FC) to scaled logits. Per-row quality comes from the
+quality hook through :meth:`QualityMargin.set_quality`, called by the classifier for exactly the
+rows it is about to pass in.
+
+Unlike arcface_torch's ``CombinedMarginLoss``, the input logits are never edited in place: the
+result is a new tensor. The gradients are kept as upstream defines them:
+
+* :class:`AdaFaceMargin` — exact autograd through the norm-adaptive margin (as AdaFace's code):
+  target cos' = cos(clip(θ − m·ms, ε, π − ε)) − (m + m·ms), all cosines clamped to [−1+ε, 1−ε].
+* :class:`ArcFaceMargin` — target cos(θ + m); **straight-through gradient** (that of s·cos θ,
+  evaluated at the margin-modified logits), exactly as upstream's in-place, no-grad edit.
+* :class:`CosFaceMargin` — target cos θ − m, exact gradient.
+
+**Quality gate** (the authors' way of keeping LQ rows out of classification): when the classifier
+asks for it and b > 0, each row's scaled logits are multiplied by σ(2s·(q̂ − b)) — ≈1 for HQ rows,
+≈0 for LQ rows, whose loss becomes ≈ ln C with ≈ no gradient. The gate is a constant (q̂ is
+detached).
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from .errors import QGFaceConfigError, QGFaceInputError
+from .quality import Quality
+
+__all__ = ["QualityMargin", "AdaFaceMargin", "ArcFaceMargin", "CosFaceMargin", "build_margin",
+           "MARGINS"]
+
+#: AdaFace's cosine clamp / angle clip.
+ADAFACE_EPS = 1e-3
+
+
+def _target_index(logits: torch.Tensor, labels: torch.Tensor):
+    """Rows whose label is on this shard, and their label columns (a device sync: nonzero)."""
+    labels = labels.reshape(-1)
+    if labels.shape[0] != logits.shape[0]:
+        raise QGFaceInputError(f"margin got {logits.shape[0]} logit rows but {labels.shape[0]} labels")
+    rows = torch.nonzero(labels != -1, as_tuple=True)[0]
+    return rows, labels.index_select(0, rows).long()
+
+
+class QualityMargin(nn.Module):
+    """Base class: scale ``s``, per-row quality, optional gate.
+
+    Subclasses implement :meth:`scaled_logits`. Call :meth:`set_quality` before each forward when
+    the margin needs quality (AdaFace) or the gate is wanted; it is consumed by that forward.
+    """
+
+    needs_quality = False
+
+    def __init__(self, s: float = 64.0):
+        super().__init__()
+        if not s > 0:
+            raise QGFaceConfigError(f"margin scale s must be > 0, got {s}")
+        self.s = float(s)
+        self._ms: torch.Tensor | None = None
+        self._gate: torch.Tensor | None = None
+
+    def set_quality(self, quality: Quality | None, gate: bool = True) -> None:
+        """Quality of the rows of the next call, in the same order.
+
+        Args:
+            quality: rows of :class:`~qgface_plugin.quality.Quality` matching the logits rows, or None.
+            gate: multiply each row by σ(2s(q̂ − b)) (the authors' logit gate); ignored when b = 0.
+        """
+        if quality is None:
+            self._ms = self._gate = None
+            return
+        self._ms = quality.ms
+        self._gate = None
+        if gate and quality.partitioned:
+            self._gate = torch.sigmoid(2.0 * self.s * (quality.qhat - quality.threshold))
+
+    def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        ms, gate = self._ms, self._gate
+        self._ms = self._gate = None  # consumed: a stale quality must never reach another batch
+        for name, t in (("quality", ms), ("gate", gate)):
+            if t is not None and t.shape[0] != logits.shape[0]:
+                raise QGFaceInputError(
+                    f"margin {name} was set for {t.shape[0]} rows but the logits have {logits.shape[0]}")
+        if self.needs_quality and ms is None:
+            raise QGFaceInputError(f"{type(self).__name__} needs set_quality() before each call")
+        out = self.scaled_logits(logits, labels, ms)
+        if gate is not None:
+            out = out.mul_(gate.to(out.dtype).unsqueeze(1))
+        return out
+
+    def scaled_logits(self, logits, labels, ms):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+class AdaFaceMargin(QualityMargin):
+    """AdaFace's norm-adaptive margin (m = 0.4, s = 64; h lives in the quality hook)."""
+
+    needs_quality = True
+
+    def __init__(self, m: float = 0.4, s: float = 64.0):
+        super().__init__(s)
+        if not m >= 0:
+            raise QGFaceConfigError(f"AdaFace margin m must be >= 0, got {m}")
+        self.m = float(m)
+
+    def extra_repr(self) -> str:
+        return f"m={self.m}, s={self.s}"
+
+    def scaled_logits(self, logits, labels, ms):
+        out = logits.clamp(-1 + ADAFACE_EPS, 1 - ADAFACE_EPS).mul_(self.s)  # new tensor, N x C
+        rows, cols = _target_index(logits, labels)
+        ms_t = ms.index_select(0, rows).to(out.dtype)
+        theta = torch.acos(logits[rows, cols].clamp(-1 + ADAFACE_EPS, 1 - ADAFACE_EPS))
+        theta = (theta - self.m * ms_t).clamp(ADAFACE_EPS, math.pi - ADAFACE_EPS)
+        target = torch.cos(theta) - (self.m + self.m * ms_t)
+        return out.index_put_((rows, cols), target * self.s)
+
+
+class ArcFaceMargin(QualityMargin):
+    """Additive angular margin cos(θ + m), upstream's straight-through gradient."""
+
+    def __init__(self, m: float = 0.5, s: float = 64.0):
+        super().__init__(s)
+        if not m >= 0:
+            raise QGFaceConfigError(f"ArcFace margin m must be >= 0, got {m}")
+        self.m = float(m)
+
+    def extra_repr(self) -> str:
+        return f"m={self.m}, s={self.s}"
+
+    def scaled_logits(self, logits, labels, ms):
+        out = logits * self.s
+        rows, cols = _target_index(logits, labels)
+        with torch.no_grad():  # straight-through, as upstream CombinedMarginLoss
+            target = torch.cos(torch.acos(logits[rows, cols].clamp(-1, 1)) + self.m)
+            out[rows, cols] = target * self.s
+        return out
+
+
+class CosFaceMargin(QualityMargin):
+    """Additive cosine margin cos θ − m, exact gradient."""
+
+    def __init__(self, m: float = 0.4, s: float = 64.0):
+        super().__init__(s)
+        if not m >= 0:
+            raise QGFaceConfigError(f"CosFace margin m must be >= 0, got {m}")
+        self.m = float(m)
+
+    def extra_repr(self) -> str:
+        return f"m={self.m}, s={self.s}"
+
+    def scaled_logits(self, logits, labels, ms):
+        out = logits * self.s
+        rows, cols = _target_index(logits, labels)
+        return out.index_put_((rows, cols), (logits[rows, cols] - self.m) * self.s)
+
+
+MARGINS = {"adaface": AdaFaceMargin, "arcface": ArcFaceMargin, "cosface": CosFaceMargin}
+
+
+def build_margin(name: str = "adaface", s: float = 64.0, m: float | None = None,
+                 margin_list: Sequence[float] | None = None) -> QualityMargin:
+    """Margin by name.
+
+    Args:
+        name: ``"adaface"``, ``"arcface"`` or ``"cosface"``.
+        s: logit scale.
+        m: margin (defaults: AdaFace 0.4, ArcFace 0.5, CosFace 0.4).
+        margin_list: arcface_torch's ``(m1, m2, m3)`` for ``cos(m1·θ + m2) − m3``; used for ArcFace
+            (``(1, m, 0)``) and CosFace (``(1, 0, m)``) when ``m`` is not given. Other combinations,
+            which upstream handles silently or with a bare ``raise``, are rejected.
+    """
+    key = str(name).lower()
+    if key not in MARGINS:
+        raise QGFaceConfigError(f"unknown margin {name!r}; choose one of {sorted(MARGINS)}")
+    if m is None and margin_list is not None and key != "adaface":
+        m = _margin_from_list(key, margin_list)
+    kwargs = {} if m is None else {"m": m}
+    return MARGINS[key](s=s, **kwargs)
+
+
+def _margin_from_list(key: str, margin_list: Sequence[float]) -> float:
+    try:
+        m1, m2, m3 = (float(v) for v in margin_list)
+    except (TypeError, ValueError):
+        raise QGFaceConfigError(f"margin_list must be three numbers (m1, m2, m3), got {margin_list!r}") from None
+    if key == "arcface" and m1 == 1.0 and m3 == 0.0:
+        return m2
+    if key == "cosface" and m1 == 1.0 and m2 == 0.0:
+        return m3
+    expected = "(1.0, m, 0.0)" if key == "arcface" else "(1.0, 0.0, m)"
+    raise QGFaceConfigError(f"margin_list {tuple(margin_list)} is not a {key} margin; expected {expected}")

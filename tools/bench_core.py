@@ -1,0 +1,154 @@
+#!/usr/bin/env python
+"""Benchmark the QGFace core against plain baselines, measured side by side in one run.
+
+1. Head: forward+backward time of the QGFace head (quality partition + AdaFace margin softmax with
+   the logit gate + enqueue + proxy correction + contrastive loss) divided by that of a plain
+   ArcFace margin-softmax head on the same embeddings, for C = K ∈ {8192, 65536}, B images
+   (2B rows), D = 512. Two QGFace settings: the default threshold (b = 0.2: few pairs contrasted,
+   the usual case) and b = 1 (every pair contrasted: the worst case).
+2. Transform: two-view images/s on one core against a flip-only single-view transform.
+
+Runs alternate (plain, QGFace, plain, ...) and medians are reported, since these machines are
+noisy. The last line is one JSON object holding every figure.
+
+    python tools/bench_core.py                # full run (a few minutes on 2 cores)
+    python tools/bench_core.py --quick        # small sizes, for a smoke test
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+
+import numpy as np
+import torch
+
+
+def _median_times(fns, repeats):
+    """Run each fn alternately `repeats` times; returns the median seconds of each."""
+    times = [[] for _ in fns]
+    for _ in range(repeats):
+        for i, fn in enumerate(fns):
+            t0 = time.perf_counter()
+            fn()
+            times[i].append(time.perf_counter() - t0)
+    return [statistics.median(t) for t in times]
+
+
+def bench_head(num_classes, batch, dim, repeats, thresholds):
+    from qgface_plugin import MarginClassifier, QGFaceLoss, build_margin
+
+    torch.manual_seed(0)
+    rows = 2 * batch
+    # embeddings with a spread of norms, as a backbone produces them
+    base = torch.randn(rows, dim) * (1 + 0.3 * torch.randn(rows, 1)).abs()
+    labels = torch.randint(0, num_classes, (batch,))
+    labels2 = torch.cat([labels, labels])
+
+    plain = MarginClassifier(build_margin("arcface"), dim, num_classes)
+
+    def run_plain():
+        z = base.clone().requires_grad_()
+        plain(z, labels2).backward()
+
+    runners, last_stats = [run_plain], {}
+    for b in thresholds:
+        clf = MarginClassifier(build_margin("adaface"), dim, num_classes)
+        head = QGFaceLoss(clf, dim, queue_size=num_classes, threshold=b, stats_init="first_batch")
+        with torch.no_grad():  # steady state: a full queue whose centres have drifted a little
+            feats = torch.randn(num_classes, dim)
+            qlabels = torch.randint(0, num_classes, (num_classes,))
+            head.queue.enqueue(feats, qlabels, clf.weight[qlabels] + 0.001 * torch.randn(num_classes, dim))
+
+        def run(head=head, b=b):
+            z = base.clone().requires_grad_()
+            loss, stats = head(z, labels)
+            loss.backward()
+            last_stats[b] = stats
+
+        runners.append(run)
+    for fn in runners:  # warm-up
+        fn()
+    times = _median_times(runners, repeats)
+    out = {"C": num_classes, "K": num_classes, "B": batch, "rows": rows, "D": dim,
+           "plain_s": round(times[0], 4)}
+    for b, t in zip(thresholds, times[1:]):
+        key = f"b{b:g}"
+        out[f"qgface_{key}_s"] = round(t, 4)
+        out[f"ratio_{key}"] = round(t / times[0], 3)
+        out[f"contrast_fraction_{key}"] = round(float(last_stats[b]["contrast_fraction"]), 3)
+    return out
+
+
+def _face_like(n, seed=0):
+    """Smooth, structured 112x112 RGB images (gradients, blobs, texture) as uint8 HWC arrays."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:112, 0:112].astype(np.float32) / 112
+    imgs = []
+    for _ in range(n):
+        cx, cy, r = rng.uniform(0.3, 0.7), rng.uniform(0.3, 0.7), rng.uniform(0.2, 0.4)
+        blob = np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * r * r))
+        chans = [blob * rng.uniform(80, 200) + xx * rng.uniform(0, 50) + rng.normal(0, 8, xx.shape) for _ in range(3)]
+        imgs.append(np.clip(np.stack(chans, -1), 0, 255).astype(np.uint8))
+    return imgs
+
+
+def bench_transform(num_images, repeats):
+    import cv2
+
+    from qgface_plugin.views import FlipTransform, TwoViewTransform
+
+    cv2.setNumThreads(1)
+    prev_threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    imgs = _face_like(64)
+    two, flip = TwoViewTransform(seed=0), FlipTransform(seed=0)
+
+    def runner(t):
+        def run():
+            for i in range(num_images):
+                t(imgs[i % len(imgs)])
+        return run
+
+    runner(two)(), runner(flip)()  # warm-up
+    t_two, t_flip = _median_times([runner(two), runner(flip)], repeats)
+    torch.set_num_threads(prev_threads)
+    return {"two_view_img_per_s_per_core": round(num_images / t_two, 1),
+            "flip_only_img_per_s_per_core": round(num_images / t_flip, 1),
+            "two_view_cost_ratio": round(t_two / t_flip, 3)}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--classes", type=int, nargs="+", default=[8192, 65536], help="C = K values")
+    parser.add_argument("--batch", type=int, default=256, help="images per step (2 views each)")
+    parser.add_argument("--dim", type=int, default=512)
+    parser.add_argument("--repeats", type=int, default=5, help="timed runs per head (median)")
+    parser.add_argument("--thresholds", type=float, nargs="+", default=[0.2, 1.0])
+    parser.add_argument("--images", type=int, default=2000, help="images per transform timing")
+    parser.add_argument("--quick", action="store_true", help="small sizes for a smoke test")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.classes, args.batch, args.dim, args.repeats, args.images = [512], 16, 64, 2, 50
+
+    result = {"torch": torch.__version__, "threads": torch.get_num_threads(), "heads": []}
+    print(f"QGFace head vs plain ArcFace head, forward+backward, B={args.batch} images "
+          f"({2 * args.batch} rows), D={args.dim}, median of {args.repeats}, {torch.get_num_threads()} threads")
+    for c in args.classes:
+        r = bench_head(c, args.batch, args.dim, args.repeats, args.thresholds)
+        result["heads"].append(r)
+        parts = ", ".join(f"b={b:g}: {r[f'qgface_b{b:g}_s']:.3f} s = {r[f'ratio_b{b:g}']:.2f}x "
+                          f"({100 * r[f'contrast_fraction_b{b:g}']:.0f}% pairs contrasted)" for b in args.thresholds)
+        print(f"  C=K={c}: plain {r['plain_s']:.3f} s; QGFace {parts}", flush=True)
+    t = bench_transform(args.images, args.repeats)
+    result["transform"] = t
+    print(f"Two-view transform: {t['two_view_img_per_s_per_core']:.0f} images/s per core; flip-only "
+          f"{t['flip_only_img_per_s_per_core']:.0f} images/s per core ({t['two_view_cost_ratio']:.2f}x the time)")
+    print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(0 if main() else 1)

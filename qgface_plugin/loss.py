@@ -151,7 +151,8 @@ class QGFaceLoss(nn.Module):
 
         # 3. enqueue + proxy correction (one centre lookup)
         lookup = partial(fetch_centres, weight=self.classifier.weight,
-                         class_start=self.classifier.class_start, num_local=self.classifier.num_local)
+                         class_start=self.classifier.class_start, num_local=self.classifier.num_local,
+                         num_classes=self.num_classes)
         if self.training:
             keys, slots = self.queue.enqueue_and_correct(packed[:, :dim], global_labels, lookup)
         else:  # evaluation never writes to the queue

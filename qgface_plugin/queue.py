@@ -45,13 +45,16 @@ def fetch_centres(labels: torch.Tensor, weight: torch.Tensor, class_start: int =
     ``[class_start, class_start + num_local)`` as ``weight [num_local, D]``. Every rank fills the
     rows it owns into a zero ``[n, D]`` tensor; one SUM all-reduce completes it. All ranks must call
     this with the same ``labels`` (e.g. gathered labels or the replicated queue's labels).
+    A weight that holds every class (``class_start == 0`` and ``num_local == num_classes``, e.g. a
+    classifier replicated under DDP) is read locally, with no collective.
 
     Args:
         labels: ``[n]`` global class indices.
         weight: ``[num_local, D]`` this rank's shard (the whole matrix without a process group).
         class_start: first global class held by this rank.
         num_local: rows in this rank's shard (default ``weight.shape[0]``).
-        num_classes: if given, labels outside ``[0, num_classes)`` raise.
+        num_classes: C; if given, labels outside ``[0, C)`` raise, and a whole-matrix weight is
+            recognised as replicated (without it, a process group means "sharded").
 
     Returns:
         ``[n, D]`` float32 (float64 for a float64 weight), detached, identical on every rank.
@@ -64,7 +67,8 @@ def fetch_centres(labels: torch.Tensor, weight: torch.Tensor, class_start: int =
             raise QGFaceInputError(
                 f"label {hi if hi >= num_classes else lo} is outside [0, num_classes={num_classes})")
     local = labels - class_start
-    if not dist.is_distributed():
+    replicated = num_classes is not None and class_start == 0 and num_local >= num_classes
+    if replicated or not dist.is_distributed():
         if labels.numel() and not bool(((local >= 0) & (local < num_local)).all()):
             raise QGFaceInputError(
                 f"labels outside the classes [{class_start}, {class_start + num_local}) held by the "

@@ -46,14 +46,46 @@ def _target_index(logits: torch.Tensor, labels: torch.Tensor):
     return rows, labels.index_select(0, rows).long()
 
 
-class QualityMargin(nn.Module):
-    """Base class: scale ``s``, per-row quality, optional gate.
+class _MarginLogits(torch.autograd.Function):
+    """Fused margin edit: ``out = r_i · clamp(cos, lo, hi)`` with target entries set to ``r_i · t'_i``.
 
-    Subclasses implement :meth:`scaled_logits`. Call :meth:`set_quality` before each forward when
-    the margin needs quality (AdaFace) or the gate is wanted; it is consumed by that forward.
+    ``r`` is the per-row scale (s, or s times the quality gate). Backward is one pass:
+    ``r_i · grad`` where the clamp did not bite, ``r_i · dt'/dt · grad`` at the targets.
+    """
+
+    @staticmethod
+    def forward(ctx, cos, rows, cols, target, d_target, row_scale, lo, hi):
+        out = cos.clamp(lo, hi)                                         # N x C, new tensor
+        clipped = torch.nonzero(out != cos, as_tuple=True)              # usually empty
+        row_scale = row_scale.to(out.dtype).expand(cos.shape[0])
+        out.mul_(row_scale.unsqueeze(1))
+        scale_t = row_scale.index_select(0, rows)
+        out.index_put_((rows, cols), target.to(out.dtype) * scale_t)
+        ctx.save_for_backward(rows, cols, (d_target * scale_t).to(out.dtype), row_scale, *clipped)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        rows, cols, d_scaled, row_scale, *clipped = ctx.saved_tensors
+        grad_in = grad * row_scale.unsqueeze(1)
+        if clipped and clipped[0].numel():
+            grad_in.index_put_(tuple(clipped), grad_in.new_zeros(()))
+        grad_in.index_put_((rows, cols), grad[rows, cols] * d_scaled)
+        return grad_in, None, None, None, None, None, None, None
+
+
+class QualityMargin(nn.Module):
+    """Base class: scale ``s``, per-row quality, optional gate, and the fused logit edit.
+
+    Subclasses define :meth:`target_logit` (the margin applied to the target cosine, on a vector)
+    and the cosine clamp range; ``straight_through = True`` gives the target the gradient of
+    s·cos θ (upstream ArcFace). Call :meth:`set_quality` before each forward when the margin needs
+    quality (AdaFace) or the gate is wanted; it is consumed by that forward.
     """
 
     needs_quality = False
+    straight_through = False
+    clamp = (-1.0, 1.0)
 
     def __init__(self, s: float = 64.0):
         super().__init__()
@@ -87,12 +119,22 @@ class QualityMargin(nn.Module):
                     f"margin {name} was set for {t.shape[0]} rows but the logits have {logits.shape[0]}")
         if self.needs_quality and ms is None:
             raise QGFaceInputError(f"{type(self).__name__} needs set_quality() before each call")
-        out = self.scaled_logits(logits, labels, ms)
-        if gate is not None:
-            out = out.mul_(gate.to(out.dtype).unsqueeze(1))
-        return out
+        rows, cols = _target_index(logits, labels)
+        ms_t = ms.index_select(0, rows).to(logits.dtype) if ms is not None else None
+        t = logits.detach()[rows, cols]
+        if self.straight_through:
+            new, d_new = self.target_logit(t, ms_t), torch.ones_like(t)
+        else:  # exact derivative of the (elementwise) target edit, on the target vector only
+            with torch.enable_grad():
+                t = t.requires_grad_()
+                new = self.target_logit(t, ms_t)
+                (d_new,) = torch.autograd.grad(new.sum(), t)
+            new = new.detach()
+        row_scale = logits.new_tensor([self.s]) if gate is None else self.s * gate
+        return _MarginLogits.apply(logits, rows, cols, new, d_new, row_scale, *self.clamp)
 
-    def scaled_logits(self, logits, labels, ms):  # pragma: no cover - abstract
+    def target_logit(self, t: torch.Tensor, ms: torch.Tensor | None) -> torch.Tensor:  # pragma: no cover
+        """Margin-edited target cosine from the target cosine ``t [n]`` (before scaling)."""
         raise NotImplementedError
 
 
@@ -100,6 +142,7 @@ class AdaFaceMargin(QualityMargin):
     """AdaFace's norm-adaptive margin (m = 0.4, s = 64; h lives in the quality hook)."""
 
     needs_quality = True
+    clamp = (-1 + ADAFACE_EPS, 1 - ADAFACE_EPS)
 
     def __init__(self, m: float = 0.4, s: float = 64.0):
         super().__init__(s)
@@ -110,18 +153,16 @@ class AdaFaceMargin(QualityMargin):
     def extra_repr(self) -> str:
         return f"m={self.m}, s={self.s}"
 
-    def scaled_logits(self, logits, labels, ms):
-        out = logits.clamp(-1 + ADAFACE_EPS, 1 - ADAFACE_EPS).mul_(self.s)  # new tensor, N x C
-        rows, cols = _target_index(logits, labels)
-        ms_t = ms.index_select(0, rows).to(out.dtype)
-        theta = torch.acos(logits[rows, cols].clamp(-1 + ADAFACE_EPS, 1 - ADAFACE_EPS))
-        theta = (theta - self.m * ms_t).clamp(ADAFACE_EPS, math.pi - ADAFACE_EPS)
-        target = torch.cos(theta) - (self.m + self.m * ms_t)
-        return out.index_put_((rows, cols), target * self.s)
+    def target_logit(self, t, ms):
+        theta = torch.acos(t.clamp(*self.clamp))
+        theta = (theta - self.m * ms).clamp(ADAFACE_EPS, math.pi - ADAFACE_EPS)
+        return torch.cos(theta) - (self.m + self.m * ms)
 
 
 class ArcFaceMargin(QualityMargin):
     """Additive angular margin cos(θ + m), upstream's straight-through gradient."""
+
+    straight_through = True
 
     def __init__(self, m: float = 0.5, s: float = 64.0):
         super().__init__(s)
@@ -132,13 +173,8 @@ class ArcFaceMargin(QualityMargin):
     def extra_repr(self) -> str:
         return f"m={self.m}, s={self.s}"
 
-    def scaled_logits(self, logits, labels, ms):
-        out = logits * self.s
-        rows, cols = _target_index(logits, labels)
-        with torch.no_grad():  # straight-through, as upstream CombinedMarginLoss
-            target = torch.cos(torch.acos(logits[rows, cols].clamp(-1, 1)) + self.m)
-            out[rows, cols] = target * self.s
-        return out
+    def target_logit(self, t, ms):
+        return torch.cos(torch.acos(t.clamp(-1, 1)) + self.m)
 
 
 class CosFaceMargin(QualityMargin):
@@ -153,10 +189,8 @@ class CosFaceMargin(QualityMargin):
     def extra_repr(self) -> str:
         return f"m={self.m}, s={self.s}"
 
-    def scaled_logits(self, logits, labels, ms):
-        out = logits * self.s
-        rows, cols = _target_index(logits, labels)
-        return out.index_put_((rows, cols), (logits[rows, cols] - self.m) * self.s)
+    def target_logit(self, t, ms):
+        return t - self.m
 
 
 MARGINS = {"adaface": AdaFaceMargin, "arcface": ArcFaceMargin, "cosface": CosFaceMargin}

@@ -3,13 +3,16 @@
 
 1. Head: forward+backward time of the QGFace head (quality partition + AdaFace margin softmax with
    the logit gate + enqueue + proxy correction + contrastive loss) divided by that of a plain
-   ArcFace margin-softmax head on the same embeddings, for C = K ∈ {8192, 65536}, B images
-   (2B rows), D = 512. Two QGFace settings: the default threshold (b = 0.2: few pairs contrasted,
-   the usual case) and b = 1 (every pair contrasted: the worst case).
+   ArcFace margin-softmax head on the same embeddings (this package's fused margin), for
+   C = K ∈ {8192, 65536}, B images (2B rows), D = 512. An arcface_torch-style head (in-place
+   arccos of the whole logit matrix) is timed beside them for reference. Two QGFace settings: the
+   default threshold (b = 0.2: few pairs contrasted, the usual case) and b = 1 (every pair
+   contrasted: the worst case).
 2. Transform: two-view images/s on one core against a flip-only single-view transform.
 
-Runs alternate (plain, QGFace, plain, ...) and medians are reported, since these machines are
-noisy. The last line is one JSON object holding every figure.
+Runs alternate (plain, arcface_torch-style, QGFace, plain, ...) with one QGFace head alive at a
+time, and medians are reported, since these machines are noisy. Each ratio divides by the plain
+head's median from the same alternation. The last line is one JSON object holding every figure.
 
     python tools/bench_core.py                # full run (a few minutes on 2 cores)
     python tools/bench_core.py --quick        # small sizes, for a smoke test
@@ -24,6 +27,7 @@ import time
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 
 def _median_times(fns, repeats):
@@ -53,32 +57,53 @@ def bench_head(num_classes, batch, dim, repeats, thresholds):
         z = base.clone().requires_grad_()
         plain(z, labels2).backward()
 
-    runners, last_stats = [run_plain], {}
-    for b in thresholds:
+    def run_upstream_style():
+        # arcface_torch's path, re-stated: logits clamped, then an in-place arccos/cos of the whole
+        # matrix under no_grad (CombinedMarginLoss, ArcFace branch), then scale and cross-entropy
+        z = base.clone().requires_grad_()
+        logits = F.linear(F.normalize(z), F.normalize(plain.weight)).clamp(-1, 1)
+        with torch.no_grad():
+            target = logits[torch.arange(rows), labels2]
+            logits.arccos_()
+            logits[torch.arange(rows), labels2] = target.arccos() + 0.5
+            logits.cos_()
+        F.cross_entropy(logits * 64.0, labels2).backward()
+
+    def make_head(b):
         clf = MarginClassifier(build_margin("adaface"), dim, num_classes)
         head = QGFaceLoss(clf, dim, queue_size=num_classes, threshold=b, stats_init="first_batch")
         with torch.no_grad():  # steady state: a full queue whose centres have drifted a little
-            feats = torch.randn(num_classes, dim)
             qlabels = torch.randint(0, num_classes, (num_classes,))
-            head.queue.enqueue(feats, qlabels, clf.weight[qlabels] + 0.001 * torch.randn(num_classes, dim))
+            head.queue.enqueue(torch.randn(num_classes, dim), qlabels,
+                               clf.weight[qlabels] + 0.001 * torch.randn(num_classes, dim))
+        return head
 
-        def run(head=head, b=b):
+    out = {"C": num_classes, "K": num_classes, "B": batch, "rows": rows, "D": dim}
+    plain_times, upstream_times = [], []
+    # one QGFace head alive at a time (as in training), each timed alternately with the baselines
+    for b in thresholds:
+        head, last = make_head(b), {}
+
+        def run_qgface():
             z = base.clone().requires_grad_()
             loss, stats = head(z, labels)
             loss.backward()
-            last_stats[b] = stats
+            last["stats"] = stats
 
-        runners.append(run)
-    for fn in runners:  # warm-up
-        fn()
-    times = _median_times(runners, repeats)
-    out = {"C": num_classes, "K": num_classes, "B": batch, "rows": rows, "D": dim,
-           "plain_s": round(times[0], 4)}
-    for b, t in zip(thresholds, times[1:]):
+        runners = [run_plain, run_upstream_style, run_qgface]
+        for fn in runners:  # warm-up
+            fn()
+        t_plain, t_up, t_qg = _median_times(runners, repeats)
+        plain_times.append(t_plain)
+        upstream_times.append(t_up)
         key = f"b{b:g}"
-        out[f"qgface_{key}_s"] = round(t, 4)
-        out[f"ratio_{key}"] = round(t / times[0], 3)
-        out[f"contrast_fraction_{key}"] = round(float(last_stats[b]["contrast_fraction"]), 3)
+        out[f"qgface_{key}_s"] = round(t_qg, 4)
+        out[f"ratio_{key}"] = round(t_qg / t_plain, 3)
+        out[f"ratio_{key}_vs_upstream_style"] = round(t_qg / t_up, 3)
+        out[f"contrast_fraction_{key}"] = round(float(last["stats"]["contrast_fraction"]), 3)
+        del head
+    out["plain_s"] = round(statistics.median(plain_times), 4)
+    out["upstream_style_s"] = round(statistics.median(upstream_times), 4)
     return out
 
 
@@ -141,7 +166,8 @@ def main(argv=None):
         result["heads"].append(r)
         parts = ", ".join(f"b={b:g}: {r[f'qgface_b{b:g}_s']:.3f} s = {r[f'ratio_b{b:g}']:.2f}x "
                           f"({100 * r[f'contrast_fraction_b{b:g}']:.0f}% pairs contrasted)" for b in args.thresholds)
-        print(f"  C=K={c}: plain {r['plain_s']:.3f} s; QGFace {parts}", flush=True)
+        print(f"  C=K={c}: plain {r['plain_s']:.3f} s (arcface_torch-style {r['upstream_style_s']:.3f} s); "
+              f"QGFace {parts}", flush=True)
     t = bench_transform(args.images, args.repeats)
     result["transform"] = t
     print(f"Two-view transform: {t['two_view_img_per_s_per_core']:.0f} images/s per core; flip-only "

@@ -1,0 +1,19 @@
+"""The command-line tools run end to end (tiny sizes; no timing is asserted here)."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_bench_core_quick_prints_one_json_line_with_every_figure():
+    out = subprocess.run([sys.executable, str(ROOT / "tools" / "bench_core.py"), "--quick"],
+                         capture_output=True, text=True, timeout=300, check=True).stdout
+    result = json.loads(out.strip().splitlines()[-1])
+    head = result["heads"][0]
+    for key in ("plain_s", "upstream_style_s", "qgface_b0.2_s", "ratio_b0.2", "qgface_b1_s", "ratio_b1",
+                "contrast_fraction_b1"):
+        assert head[key] > 0, key
+    assert head["contrast_fraction_b1"] == 1.0
+    assert result["transform"]["two_view_img_per_s_per_core"] > 0

@@ -86,14 +86,21 @@ class QualityMargin(nn.Module):
     needs_quality = False
     straight_through = False
     clamp = (-1.0, 1.0)
+    default_m = 0.0
 
-    def __init__(self, s: float = 64.0):
+    def __init__(self, m: float | None = None, s: float = 64.0):
         super().__init__()
+        m = self.default_m if m is None else m
         if not s > 0:
             raise QGFaceConfigError(f"margin scale s must be > 0, got {s}")
-        self.s = float(s)
+        if not m >= 0:
+            raise QGFaceConfigError(f"{type(self).__name__} m must be >= 0, got {m}")
+        self.m, self.s = float(m), float(s)
         self._ms: torch.Tensor | None = None
         self._gate: torch.Tensor | None = None
+
+    def extra_repr(self) -> str:
+        return f"m={self.m}, s={self.s}"
 
     def set_quality(self, quality: Quality | None, gate: bool = True) -> None:
         """Quality of the rows of the next call, in the same order.
@@ -143,15 +150,7 @@ class AdaFaceMargin(QualityMargin):
 
     needs_quality = True
     clamp = (-1 + ADAFACE_EPS, 1 - ADAFACE_EPS)
-
-    def __init__(self, m: float = 0.4, s: float = 64.0):
-        super().__init__(s)
-        if not m >= 0:
-            raise QGFaceConfigError(f"AdaFace margin m must be >= 0, got {m}")
-        self.m = float(m)
-
-    def extra_repr(self) -> str:
-        return f"m={self.m}, s={self.s}"
+    default_m = 0.4
 
     def target_logit(self, t, ms):
         theta = torch.acos(t.clamp(*self.clamp))
@@ -163,15 +162,7 @@ class ArcFaceMargin(QualityMargin):
     """Additive angular margin cos(θ + m), upstream's straight-through gradient."""
 
     straight_through = True
-
-    def __init__(self, m: float = 0.5, s: float = 64.0):
-        super().__init__(s)
-        if not m >= 0:
-            raise QGFaceConfigError(f"ArcFace margin m must be >= 0, got {m}")
-        self.m = float(m)
-
-    def extra_repr(self) -> str:
-        return f"m={self.m}, s={self.s}"
+    default_m = 0.5
 
     def target_logit(self, t, ms):
         return torch.cos(torch.acos(t.clamp(-1, 1)) + self.m)
@@ -180,14 +171,7 @@ class ArcFaceMargin(QualityMargin):
 class CosFaceMargin(QualityMargin):
     """Additive cosine margin cos θ − m, exact gradient."""
 
-    def __init__(self, m: float = 0.4, s: float = 64.0):
-        super().__init__(s)
-        if not m >= 0:
-            raise QGFaceConfigError(f"CosFace margin m must be >= 0, got {m}")
-        self.m = float(m)
-
-    def extra_repr(self) -> str:
-        return f"m={self.m}, s={self.s}"
+    default_m = 0.4
 
     def target_logit(self, t, ms):
         return t - self.m

@@ -197,8 +197,7 @@ def build_margin(name: str = "adaface", s: float = 64.0, m: float | None = None,
         raise QGFaceConfigError(f"unknown margin {name!r}; choose one of {sorted(MARGINS)}")
     if m is None and margin_list is not None and key != "adaface":
         m = _margin_from_list(key, margin_list)
-    kwargs = {} if m is None else {"m": m}
-    return MARGINS[key](s=s, **kwargs)
+    return MARGINS[key](m=m, s=s)
 
 
 def _margin_from_list(key: str, margin_list: Sequence[float]) -> float:

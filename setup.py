@@ -15,7 +15,7 @@ setup(
     long_description_content_type="text/markdown",
     license="MIT",
     python_requires=">=3.9",
-    packages=find_packages(include=["qgface_plugin", "qgface_plugin.*"]),
+    packages=find_packages(include=["qgface_plugin", "qgface_plugin.*", "recognition_configs"]),
     install_requires=[
         "torch>=2.1",
         "torchvision>=0.16",

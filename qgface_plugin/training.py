@@ -1,0 +1,460 @@
+"""QGFace (and ArcFace/CosFace baseline) training on arcface_torch's parts.
+
+One loop for every ``config.loss``: arcface_torch's ``MXFaceDataset`` (with QGFace's two-view
+transform), ``backbones.get_model``, ``PartialFC_V2`` (QGFace subclass), its warm-up/polynomial LR
+schedule and ``.bin`` verification; torch DDP on NCCL (GPU) or gloo (CPU); ``torch.amp`` fp16 with
+a GradScaler; per-rank full-state checkpoints written atomically; tensorboardX scalars; a progress
+line with ETA; ``model.pt`` in arcface_torch's key layout; ``summary.json``.
+
+Launch with ``torchrun --nproc_per_node=N tools/train.py <config>`` or, for one process,
+``python tools/train.py <config>``.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import random
+import socket
+import sys
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+from . import upstream as upstream_mod
+from .config import load_config
+from .errors import QGFaceConfigError, QGFaceInputError
+from .loss import QGFaceLoss
+from .margins import build_margin
+from .partial_fc import qgface_partial_fc
+from .quality import threshold_schedule
+from .records import check_record_dataset
+from .views import TwoViewTransform
+
+__all__ = ["train", "setup_distributed", "CHECKPOINT_FORMAT"]
+
+CHECKPOINT_FORMAT = "qgface_plugin/checkpoint-v1"
+CHECKPOINT_PARTS = ("state_dict_backbone", "state_dict_softmax_fc", "state_optimizer", "state_lr_scheduler",
+                    "state_scaler", "state_qgface", "rng")
+log = logging.getLogger("qgface_plugin.train")
+
+
+# ---------------------------------------------------------------------------------------------
+# distributed set-up
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def setup_distributed():
+    """Initialise the process group (torchrun's env, else a 1-process group); returns (rank, local_rank, world, device)."""
+    cuda = torch.cuda.is_available()
+    backend = "nccl" if cuda else "gloo"
+    if not dist.is_initialized():
+        if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+            dist.init_process_group(backend, init_method="env://", timeout=timedelta(minutes=30))
+        else:  # Partial FC needs a process group even for one process
+            dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{_free_port()}",
+                                    rank=0, world_size=1, timeout=timedelta(minutes=30))
+    rank, world = dist.get_rank(), dist.get_world_size()
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    if cuda:
+        torch.cuda.set_device(local_rank)
+        device = torch.device("cuda", local_rank)
+    else:
+        device = torch.device("cpu")
+    return rank, local_rank, world, device
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2 ** 32)
+    torch.manual_seed(seed)
+
+
+def _rng_state() -> dict:
+    """Every RNG a step draws from, as tensors and primitives (loadable with weights_only=True)."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
+             "numpy": (name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached))}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"].cpu())
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.cpu().numpy().astype(np.uint32), pos, has_gauss, cached))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"].cpu())
+
+
+# ---------------------------------------------------------------------------------------------
+# data
+class _TwoViewSynthetic(torch.utils.data.Dataset):
+    """arcface_torch's ``synthetic`` data (one fixed normalised image) with both views equal."""
+
+    def __init__(self, base):
+        self.base = base
+
+    def __len__(self):
+        return len(self.base)
+
+    def __getitem__(self, i):
+        img, label = self.base[i]
+        return torch.stack([img, img]), label
+
+
+def build_loader(cfg, ns, rank, world, device):
+    """DataLoader over the record set (two views for QGFace) with a distributed sampler."""
+    if cfg.rec == "synthetic":
+        dataset = ns.SyntheticDataset()
+        if cfg.loss == "qgface":
+            dataset = _TwoViewSynthetic(dataset)
+    else:
+        check_record_dataset(cfg.rec, cfg.num_classes)
+        dataset = ns.MXFaceDataset(root_dir=cfg.rec, local_rank=rank)
+        if cfg.loss == "qgface":
+            dataset.transform = TwoViewTransform(
+                scale=tuple(cfg.qgface_view_scale), jpeg_quality=cfg.qgface_view_jpeg_quality,
+                crop_p=cfg.qgface_view_crop_p, jitter_p=cfg.qgface_view_jitter_p,
+                rotation_p=cfg.qgface_view_rotation_p)
+    sampler = torch.utils.data.DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True,
+                                                  seed=cfg.seed)
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers,
+        pin_memory=device.type == "cuda", drop_last=True, persistent_workers=False)
+    if len(loader) == 0:
+        raise QGFaceConfigError(
+            f"{len(dataset)} images over {world} ranks give no full batch of {cfg.batch_size}: lower batch_size")
+    return loader
+
+
+# ---------------------------------------------------------------------------------------------
+# model, loss, optimisation
+def build_training(cfg, ns, world, device):
+    """Backbone (DDP), Partial FC with the margin, the QGFace loss (or None), optimizer."""
+    backbone = ns.get_model(cfg.network, dropout=0.0, fp16=bool(cfg.fp16), num_features=cfg.embedding_size)
+    backbone = backbone.to(device)
+    backbone = DistributedDataParallel(
+        backbone, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False,
+        bucket_cap_mb=16, find_unused_parameters=True)
+    if world > 1:
+        from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import fp16_compress_hook
+        backbone.register_comm_hook(None, fp16_compress_hook)
+    backbone._set_static_graph()
+
+    if cfg.loss == "qgface":
+        margin_kind = cfg.qgface_margin
+        margin = build_margin(margin_kind, s=cfg.qgface_s, m=cfg.qgface_m, margin_list=cfg.margin_list)
+    else:
+        margin = ns.CombinedMarginLoss(64, *cfg.margin_list, cfg.interclass_filtering_threshold)
+    pfc_module = sys.modules[ns.PartialFC_V2.__module__]
+    pfc = qgface_partial_fc(pfc_module)(margin, cfg.embedding_size, cfg.num_classes, cfg.sample_rate,
+                                        False, hq_mode=cfg.qgface_hq_mode).to(device).train()
+    criterion = None
+    if cfg.loss == "qgface":
+        criterion = QGFaceLoss(
+            pfc, cfg.embedding_size, queue_size=cfg.qgface_queue_size, threshold=cfg.qgface_threshold,
+            contrastive_weight=cfg.qgface_lambda, contrastive_scale=cfg.qgface_contrastive_scale,
+            h=cfg.qgface_h, norm_momentum=cfg.qgface_norm_momentum, stats_init=cfg.qgface_stats_init,
+            weight_method=cfg.qgface_weight_method, weight_range=cfg.qgface_weight_range,
+            pair_quality=cfg.qgface_pair_quality, mask=cfg.qgface_mask, symmetric=cfg.qgface_symmetric,
+            detach_positive=cfg.qgface_detach_positive, rescale=cfg.qgface_rescale,
+            proxy_correction=cfg.qgface_proxy_correction).to(device).train()
+    groups = [{"params": backbone.parameters()}, {"params": pfc.parameters()}]  # PFC group last, as upstream
+    if cfg.optimizer == "sgd":
+        opt = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    else:
+        opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return backbone, pfc, criterion, opt
+
+
+class _StepWarmup:
+    """LR factor of the "step" schedule: linear warm-up, then × gamma at each milestone (in steps)."""
+
+    def __init__(self, warmup_step, milestones, gamma):
+        self.warmup_step, self.milestones, self.gamma = warmup_step, sorted(milestones), gamma
+
+    def __call__(self, it):
+        warm = min(1.0, (it + 1) / self.warmup_step) if self.warmup_step > 0 else 1.0
+        return warm * self.gamma ** sum(it >= m for m in self.milestones)
+
+
+def build_scheduler(cfg, ns, opt, warmup_step, total_step, steps_per_epoch):
+    """Upstream's PolynomialLRWarmup (config.lr_schedule="polynomial") or a warm-up + step schedule."""
+    if cfg.lr_schedule == "step":
+        milestones = [int(e * steps_per_epoch) for e in cfg.lr_steps]
+        return torch.optim.lr_scheduler.LambdaLR(opt, _StepWarmup(warmup_step, milestones, cfg.lr_gamma))
+    return ns.make_scheduler(opt, warmup_step, total_step)
+
+
+# ---------------------------------------------------------------------------------------------
+# checkpoints
+def _atomic_save(obj, path: Path) -> None:
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def checkpoint_path(output: str | Path, rank: int) -> Path:
+    return Path(output) / f"checkpoint_gpu_{rank}.pt"
+
+
+def save_checkpoint(cfg, rank, world, epoch, step, backbone, pfc, criterion, opt, sched, scaler):
+    state = {
+        "format": CHECKPOINT_FORMAT, "parts": list(CHECKPOINT_PARTS), "world_size": world, "rank": rank,
+        "embedding_size": cfg.embedding_size, "num_classes": cfg.num_classes, "network": cfg.network,
+        "loss": cfg.loss, "epoch": epoch, "global_step": step,
+        "state_dict_backbone": backbone.module.state_dict(), "state_dict_softmax_fc": pfc.state_dict(),
+        "state_optimizer": opt.state_dict(), "state_lr_scheduler": sched.state_dict(),
+        "state_scaler": scaler.state_dict(),
+        "state_qgface": ({k: v for k, v in criterion.state_dict().items() if not k.startswith("classifier.")}
+                         if criterion is not None else {}),
+        "rng": _rng_state(),
+    }
+    _atomic_save(state, checkpoint_path(cfg.output, rank))
+
+
+def load_checkpoint(cfg, rank, world, device, backbone, pfc, criterion, opt, sched, scaler):
+    path = checkpoint_path(cfg.output, rank)
+    if not path.is_file():
+        raise QGFaceInputError(f"config.resume is set but {path} does not exist (save_all_states writes it)")
+    state = torch.load(path, map_location=device, weights_only=True)
+    if state.get("format") != CHECKPOINT_FORMAT:
+        raise QGFaceInputError(f"{path} is not a {CHECKPOINT_FORMAT} checkpoint (format {state.get('format')!r})")
+    for key, now in (("world_size", world), ("embedding_size", cfg.embedding_size),
+                     ("num_classes", cfg.num_classes), ("network", cfg.network), ("loss", cfg.loss)):
+        if state[key] != now:
+            hint = (" Partial FC shards the class centres per rank, so resuming needs the same number of "
+                    "processes; to change it, start a new run from model.pt." if key == "world_size" else "")
+            raise QGFaceConfigError(f"{path} was written with {key}={state[key]!r} but this run has {now!r}.{hint}")
+    missing = [p for p in CHECKPOINT_PARTS if p not in state]
+    if missing:
+        raise QGFaceInputError(f"{path} lacks {missing}")
+    backbone.module.load_state_dict(state["state_dict_backbone"])
+    pfc.load_state_dict(state["state_dict_softmax_fc"])
+    opt.load_state_dict(state["state_optimizer"])
+    sched.load_state_dict(state["state_lr_scheduler"])
+    scaler.load_state_dict(state["state_scaler"])
+    if criterion is not None:
+        criterion.load_state_dict({**state["state_qgface"],
+                                   **{f"classifier.{k}": v for k, v in pfc.state_dict().items()}})
+    _set_rng_state(state["rng"])
+    return state["epoch"], state["global_step"]
+
+
+# ---------------------------------------------------------------------------------------------
+# verification
+class _OnDevice(torch.nn.Module):
+    """Feeds upstream verification's CPU float64 batches to a model on any device."""
+
+    def __init__(self, model, device):
+        super().__init__()
+        self.model, self.device = model, device
+
+    def forward(self, x):
+        return self.model(x.to(self.device, torch.float32))
+
+
+def load_verification_sets(cfg, ns):
+    sets = {}
+    for name in cfg.val_targets:
+        path = Path(cfg.rec) / f"{name}.bin"
+        if not path.is_file():
+            raise QGFaceInputError(f"verification set {path} (config.val_targets) does not exist")
+        sets[name] = ns.verification.load_bin(str(path), (112, 112))
+    return sets
+
+
+def run_verification(sets, ns, backbone, device, batch_size=64):
+    """10-fold accuracy (flip-fused) per set; returns {name: {accuracy, std, xnorm}}."""
+    results = {}
+    model = backbone.module
+    was_training = model.training
+    model.eval()
+    with torch.no_grad(), contextlib.redirect_stdout(open(os.devnull, "w")):
+        for name, data in sets.items():
+            _, _, acc, std, xnorm, _ = ns.verification.test(data, _OnDevice(model, device), batch_size, 10)
+            results[name] = {"accuracy": float(acc), "std": float(std), "xnorm": float(xnorm)}
+    model.train(was_training)
+    return results
+
+
+# ---------------------------------------------------------------------------------------------
+def _format_eta(seconds: float) -> str:
+    seconds = int(max(0, seconds))
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m{seconds % 60:02d}s"
+
+
+def train(cfg, root: str | None = None) -> dict:
+    """Train with a loaded config (see :func:`qgface_plugin.config.load_config`); returns the summary."""
+    rank, local_rank, world, device = setup_distributed()
+    ns = upstream_mod.load(root)
+    if device.type != "cuda" and cfg.fp16:
+        if rank == 0:
+            print("qgface: fp16 needs a GPU; training in fp32 on the CPU", file=sys.stderr)
+        cfg.fp16 = False
+    output = Path(cfg.output)
+    if rank == 0:
+        output.mkdir(parents=True, exist_ok=True)
+        with open(output / "config.json", "w") as f:
+            json.dump({k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.items()}, f, indent=1, default=str)
+    dist.barrier()
+    _seed_everything(cfg.seed + rank)
+
+    loader = build_loader(cfg, ns, rank, world, device)
+    backbone, pfc, criterion, opt = build_training(cfg, ns, world, device)
+    steps_per_epoch = cfg.num_image // (cfg.batch_size * world)
+    total_step = steps_per_epoch * cfg.num_epoch
+    warmup_step = steps_per_epoch * cfg.warmup_epoch
+    if total_step <= 0:
+        raise QGFaceConfigError(f"num_image={cfg.num_image} and batch_size={cfg.batch_size} x {world} ranks give no step")
+    sched = build_scheduler(cfg, ns, opt, warmup_step, total_step, steps_per_epoch)
+    amp = cfg.fp16 and device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", growth_interval=100, enabled=amp)
+
+    start_epoch, step = 0, 0
+    if cfg.resume:
+        start_epoch, step = load_checkpoint(cfg, rank, world, device, backbone, pfc, criterion, opt, sched, scaler)
+    val_sets = load_verification_sets(cfg, ns) if rank == 0 else {}
+    writer = None
+    if rank == 0:
+        from tensorboardX import SummaryWriter
+        writer = SummaryWriter(str(output / "tensorboard"))
+
+    pfc_guard = upstream_mod.partial_fc_cpu_shim if device.type != "cuda" else contextlib.nullcontext
+    last, history, val_results = {}, [], {}
+    t_start = time.time()
+    t_window, samples_window = time.time(), 0
+    rates = []
+    end_epoch = min(cfg.num_epoch, cfg.stop_after_epoch or cfg.num_epoch)
+    for epoch in range(start_epoch, end_epoch):
+        loader.sampler.set_epoch(epoch)
+        for img, labels in loader:
+            if step >= total_step:
+                break
+            img, labels = img.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+            if criterion is not None:  # [B, 2, 3, H, W]: H views then L views
+                img = torch.cat([img[:, 0], img[:, 1]])
+            with pfc_guard():
+                embeddings = backbone(img)
+                if criterion is not None:
+                    b = threshold_schedule(cfg.qgface_threshold, step / steps_per_epoch,
+                                           cfg.qgface_threshold_warmup_epochs)
+                    loss, stats = criterion(embeddings.float(), labels, threshold=b)
+                else:
+                    loss = pfc(embeddings.float(), labels.clone())
+                    stats = {"loss": loss.detach()}
+            if not torch.isfinite(loss):
+                raise FloatingPointError(
+                    f"loss is {loss.item()} at step {step}: lower config.lr, enable warm-up or check the data")
+            scaler.scale(loss).backward()
+            scaler.unscale_(opt)
+            torch.nn.utils.clip_grad_norm_(backbone.parameters(), cfg.clip_grad_norm)
+            scaler.step(opt)
+            scaler.update()
+            opt.zero_grad(set_to_none=True)
+            sched.step()
+            step += 1
+            samples_window += cfg.batch_size * world
+            last = {k: float(v) for k, v in stats.items()}
+            if rank == 0 and (step % cfg.frequent == 0 or step == total_step):
+                now = time.time()
+                rate = samples_window / max(now - t_window, 1e-9)
+                if step > cfg.frequent:  # the first window includes start-up
+                    rates.append(rate)
+                t_window, samples_window = now, 0
+                lr = opt.param_groups[0]["lr"]
+                eta = (total_step - step) * cfg.batch_size * world / max(rate, 1e-9)
+                parts = [f"epoch {epoch + 1}/{cfg.num_epoch}", f"step {step}/{total_step}", f"loss {last['loss']:.3f}"]
+                if criterion is not None:
+                    parts += [f"cls {last['loss_cls']:.3f}", f"con {last['loss_con']:.3f}",
+                              f"hq {100 * last['hq_fraction']:.0f}%", f"b {last['threshold']:.2f}"]
+                parts += [f"lr {lr:.4g}", f"{rate:.1f} img/s", f"ETA {_format_eta(eta)}"]
+                print("  ".join(parts), flush=True)
+                for k, v in last.items():
+                    writer.add_scalar(f"train/{k}", v, step)
+                writer.add_scalar("train/lr", lr, step)
+                writer.add_scalar("train/samples_per_s", rate, step)
+                history.append({"step": step, **last})
+            if val_sets and step % cfg.verbose == 0:
+                val_results = _verify_and_log(val_sets, ns, backbone, device, writer, step)
+            if cfg.verbose and step % cfg.verbose == 0:
+                dist.barrier()
+        if cfg.save_all_states:
+            save_checkpoint(cfg, rank, world, epoch + 1, step, backbone, pfc, criterion, opt, sched, scaler)
+        if rank == 0:
+            _atomic_save(backbone.module.state_dict(), output / "model.pt")
+        dist.barrier()
+    if val_sets and step % cfg.verbose != 0:
+        val_results = _verify_and_log(val_sets, ns, backbone, device, writer, step)
+    summary = {
+        "config": cfg.config_name, "loss_name": cfg.loss, "network": cfg.network, "world_size": world,
+        "device": str(device), "steps": step, "epochs": end_epoch,
+        "num_epoch": cfg.num_epoch, "final": last,
+        "samples_per_s": float(np.median(rates)) if rates else None, "wall_s": round(time.time() - t_start, 1),
+        "verification": val_results, "model": str(output / "model.pt"), "output": str(output),
+        "history": history,
+    }
+    if rank == 0:
+        with open(output / "summary.json", "w") as f:
+            json.dump(summary, f, indent=1)
+        writer.close()
+    dist.barrier()
+    return summary
+
+
+def _verify_and_log(val_sets, ns, backbone, device, writer, step):
+    results = run_verification(val_sets, ns, backbone, device)
+    for name, r in results.items():
+        print(f"  verification {name}: accuracy {100 * r['accuracy']:.2f}% ± {100 * r['std']:.2f} "
+              f"(xnorm {r['xnorm']:.2f}) at step {step}", flush=True)
+        writer.add_scalar(f"val/{name}", r["accuracy"], step)
+    return results
+
+
+def main(argv=None) -> int:
+    import argparse
+    from .config import parse_overrides
+
+    parser = argparse.ArgumentParser(
+        description="Train QGFace (or an ArcFace/CosFace baseline) on arcface_torch's parts. "
+                    "Launch with torchrun for several processes.")
+    parser.add_argument("config", help="config file, or the name of one in recognition_configs/")
+    parser.add_argument("overrides", nargs="*", help="key=value config overrides (Python literals)")
+    parser.add_argument("--output", help="output folder (overrides config.output)")
+    parser.add_argument("--resume", action="store_true", help="continue from <output>/checkpoint_gpu_<rank>.pt")
+    parser.add_argument("--arcface-root", help="arcface_torch folder (default: $ARCFACE_TORCH_ROOT or third_party/)")
+    args = parser.parse_args(argv)
+    overrides = parse_overrides(args.overrides)
+    if args.output:
+        overrides["output"] = args.output
+    if args.resume:
+        overrides["resume"] = True
+    try:
+        cfg = load_config(args.config, overrides)
+        upstream_mod.find_root(args.arcface_root)
+    except QGFaceConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        train(cfg, args.arcface_root)
+    except (QGFaceConfigError, QGFaceInputError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    return 0

@@ -1,0 +1,25 @@
+"""Tiny QGFace run on the synthetic mixed-quality set of tools/make_synthetic_data.py (CPU-sized).
+
+    python tools/make_synthetic_data.py --output work_dirs/synthetic_data
+    python tools/train.py qgface_demo_cpu rec=work_dirs/synthetic_data
+"""
+from easydict import EasyDict as edict
+
+config = edict()
+config.loss = "qgface"
+config.network = "mbf"
+config.embedding_size = 128
+config.rec = "work_dirs/synthetic_data"
+config.num_classes = 100
+config.num_image = 2000
+config.val_targets = ["synthetic_val_hq", "synthetic_val_lq"]
+config.batch_size = 32
+config.num_epoch = 4
+config.warmup_epoch = 0
+config.lr = 0.1
+config.num_workers = 2
+config.verbose = 10 ** 9              # verify at the end only
+config.frequent = 10
+config.qgface_stats_init = "first_batch"  # a short run cannot wait ~100 steps for the EMA to settle
+config.qgface_queue_size = 1024
+config.output = "work_dirs/qgface_demo_cpu"

@@ -286,7 +286,8 @@ def run_verification(sets, ns, backbone, device, batch_size=64):
     model.eval()
     with torch.no_grad(), contextlib.redirect_stdout(open(os.devnull, "w")):
         for name, data in sets.items():
-            _, _, acc, std, xnorm, _ = ns.verification.test(data, _OnDevice(model, device), batch_size, 10)
+            batch = min(batch_size, data[0][0].shape[0])  # upstream's last batch reaches back batch_size rows
+            _, _, acc, std, xnorm, _ = ns.verification.test(data, _OnDevice(model, device), batch, 10)
             results[name] = {"accuracy": float(acc), "std": float(std), "xnorm": float(xnorm)}
     model.train(was_training)
     return results
@@ -340,8 +341,11 @@ def train(cfg, root: str | None = None) -> dict:
     t_window, samples_window = time.time(), 0
     rates = []
     end_epoch = min(cfg.num_epoch, cfg.stop_after_epoch or cfg.num_epoch)
+    transform = getattr(loader.dataset, "transform", None)
     for epoch in range(start_epoch, end_epoch):
         loader.sampler.set_epoch(epoch)
+        if hasattr(transform, "reseed"):  # main-process augmentation stream follows the (checkpointed) torch RNG
+            transform.reseed(int(torch.randint(2 ** 62, (1,))))
         for img, labels in loader:
             if step >= total_step:
                 break

@@ -1,0 +1,296 @@
+"""Hooks that let arcface_torch's own ``train_v2.py`` train QGFace (``config.loss = "qgface"``).
+
+``patches/0002-train_v2-qgface.patch`` adds a few calls to these functions to upstream's
+``train_v2.py``; all the logic lives here. The patched script does, in order::
+
+    from qgface_plugin import arcface_hooks as qgface_hooks     # optional import (see below)
+    cfg = get_config(args.config)
+    qgface = qgface_hooks.configure(cfg)                        # loss check, qgface_* defaults
+    train_loader = get_dataloader(...)
+    if qgface: train_loader = qgface_hooks.prepare_loader(train_loader, cfg)     # two views
+    module_partial_fc = PartialFC_V2(margin_loss, ...)
+    if qgface: module_partial_fc, criterion = qgface_hooks.build(cfg, module_partial_fc)
+    ...                                                         # optimizer, scheduler as upstream
+    if cfg.resume: ...; if qgface: qgface_hooks.load_state_dict(criterion, dict_checkpoint)
+    for img, local_labels in train_loader:
+        if qgface: img = qgface_hooks.stack_views(img)          # [B, 2, ...] -> [2B, ...]
+        local_embeddings = backbone(img)
+        loss = (qgface_hooks.loss(criterion, local_embeddings, local_labels, cfg, global_step)
+                if qgface else module_partial_fc(local_embeddings, local_labels))
+        ...                                                     # backward, step, logging as upstream
+    checkpoint["state_qgface"] = qgface_hooks.state_dict(criterion)   # with save_all_states
+
+With ``config.loss`` absent, ``"arcface"`` or ``"cosface"``, :func:`configure` returns False and the
+patched script runs exactly upstream's code (the ``loss`` key is then only checked for a valid
+name). Without ``qgface_plugin`` installed, the patched script still runs those losses and raises
+a clear ``ImportError`` for ``loss = "qgface"``.
+
+**Config.** Upstream's ``get_config`` merges a job config onto upstream's ``configs/base.py``,
+which has no ``qgface_*`` keys. :func:`configure` fills every missing ``qgface_*`` key with its
+default from ``recognition_configs/base.py`` and validates the config with
+:func:`qgface_plugin.config.validate_config` (an unknown ``qgface_*`` key is an error naming the
+closest valid key).
+
+**Model.** :func:`build` swaps upstream's ``PartialFC_V2`` for QGFace's subclass
+(:func:`qgface_plugin.partial_fc.qgface_partial_fc`: same constructor, ``weight``/``class_start``/
+``num_local`` layout and ``state_dict``, so upstream's optimizer grouping, checkpoints and resume
+keep working), with QGFace's HQ margin, and builds the :class:`~qgface_plugin.loss.QGFaceLoss`
+around it. The backbone sees both views in one ``[2B, 3, 112, 112]`` batch (H views, then L views).
+
+**Checkpoint.** ``checkpoint_gpu_<rank>.pt`` gains ``"state_qgface"``: the loss's buffers without
+the classifier (already in ``state_dict_softmax_fc``): the proxy queue (``queue.features``,
+``queue.labels``, ``queue.centres``, ``queue.centre_inv_norm``, ``queue.ptr``, ``queue.num_filled``)
+and the quality statistics (``partition.mean``, ``partition.std``, ``partition.num_updates``).
+Upstream's resume restores the LR scheduler's ``total_iters`` too, so a resumed run cannot extend
+the schedule by raising ``num_epoch`` (arcface_torch behaviour, kept).
+
+This module never imports arcface_torch: it reaches upstream's ``partial_fc_v2`` module through the
+``PartialFC_V2`` instance that train_v2 hands to :func:`build`.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import sys
+import warnings
+
+import numpy as np
+import torch
+import torch.distributed as torch_dist
+
+from . import config as config_mod
+from .config import LOSSES, validate_config
+from .errors import QGFaceConfigError, QGFaceInputError
+from .loss import QGFaceLoss
+from .margins import build_margin
+from .partial_fc import qgface_partial_fc
+from .quality import threshold_schedule
+from .views import TwoViewTransform
+
+__all__ = ["enabled", "configure", "prepare_loader", "build", "stack_views", "loss", "state_dict",
+           "load_state_dict", "QGFACE_PREFIX", "CHECKPOINT_KEY"]
+
+#: prefix of QGFace's config keys.
+QGFACE_PREFIX = "qgface_"
+#: key of the QGFace state in train_v2's ``checkpoint_gpu_<rank>.pt``.
+CHECKPOINT_KEY = "state_qgface"
+
+log = logging.getLogger(__name__)
+
+
+def _rank() -> int:
+    return torch_dist.get_rank() if torch_dist.is_available() and torch_dist.is_initialized() else 0
+
+
+# ---------------------------------------------------------------------------------------- config
+
+def enabled(cfg) -> bool:
+    """Whether ``cfg`` asks for QGFace (``cfg.loss == "qgface"``); no ``loss`` key means upstream's loss.
+
+    Raises:
+        QGFaceConfigError: ``cfg.loss`` is set to something other than ``"qgface"``, ``"arcface"``
+            or ``"cosface"``.
+    """
+    loss_name = cfg.get("loss")
+    if loss_name is None:
+        return False
+    if loss_name not in LOSSES:
+        raise QGFaceConfigError(f"config.loss must be one of {LOSSES} (or absent for arcface_torch's own "
+                                f"margin loss), got {loss_name!r}")
+    return loss_name == "qgface"
+
+
+def _base_config() -> dict:
+    """``recognition_configs/base.py``'s config (a fresh copy)."""
+    return config_mod._read(config_mod.config_dir() / "base.py")
+
+
+def configure(cfg) -> bool:
+    """Prepare upstream's config for QGFace, in place; returns :func:`enabled` (False: nothing changed).
+
+    For QGFace: every ``qgface_*`` key the config lacks gets its default from
+    ``recognition_configs/base.py``; then :func:`qgface_plugin.config.validate_config` checks the
+    whole config (unknown ``qgface_*`` keys with a suggestion, required keys, value ranges, no DALI).
+    Keys that are not ``qgface_*`` are upstream's business: they are neither filled nor warned about.
+
+    Raises:
+        QGFaceConfigError: a bad ``loss``, an unknown ``qgface_*`` key or a bad value.
+    """
+    if not enabled(cfg):
+        return False
+    base = _base_config()
+    for key, value in base.items():
+        if key.startswith(QGFACE_PREFIX) and key not in cfg:
+            cfg[key] = copy.deepcopy(value)
+    known = set(base) | {k for k in cfg if not k.startswith(QGFACE_PREFIX)}
+    with warnings.catch_warnings():  # train_v2 does use wandb; that warning is about qgface_plugin's own loop
+        warnings.filterwarnings("ignore", message=r"config\.using_wandb is ignored")
+        validate_config(cfg, known=known)
+    return True
+
+
+# ------------------------------------------------------------------------------------------ data
+
+class _ArrayInput:
+    """Feeds a PIL image (torchvision ``ImageFolder``) to a transform that takes RGB uint8 arrays."""
+
+    def __init__(self, transform):
+        self.transform = transform
+
+    def __call__(self, img):
+        if not isinstance(img, np.ndarray):
+            img = np.asarray(img.convert("RGB"))
+        return self.transform(img)
+
+    def __repr__(self):
+        return f"{type(self).__name__}({self.transform!r})"
+
+
+def two_view_transform(cfg, seed=None) -> TwoViewTransform:
+    """QGFace's :class:`~qgface_plugin.views.TwoViewTransform` with the config's ``qgface_view_*`` options."""
+    return TwoViewTransform(
+        scale=tuple(cfg.qgface_view_scale), jpeg_quality=cfg.qgface_view_jpeg_quality,
+        crop_p=cfg.qgface_view_crop_p, jitter_p=cfg.qgface_view_jitter_p,
+        rotation_p=cfg.qgface_view_rotation_p, seed=seed)
+
+
+def prepare_loader(train_loader, cfg):
+    """Make upstream's data loader yield both views, ``img`` of shape ``[B, 2, 3, 112, 112]``.
+
+    Returns ``train_loader`` itself, untouched unless :func:`enabled`. Upstream's
+    ``get_dataloader`` picks the dataset; for QGFace:
+
+    * ``MXFaceDataset`` (``train.rec``): its ``transform`` becomes the two-view transform;
+    * torchvision ``ImageFolder``: the same, fed with the PIL image as an array;
+    * ``SyntheticDataset`` (``rec = "synthetic"``): its one image is used as both views.
+
+    The transform is seeded with ``cfg.seed + rank`` (DataLoader workers mix in their own seed), so
+    every rank draws its own degradations.
+
+    Raises:
+        QGFaceConfigError: the loader has no dataset to change (DALI).
+    """
+    if not enabled(cfg):
+        return train_loader
+    dataset = getattr(train_loader, "dataset", None)
+    if dataset is None:
+        raise QGFaceConfigError(
+            f"config.loss='qgface' needs a DataLoader over a dataset (for its two views); got "
+            f"{type(train_loader).__name__}. Set config.dali = False.")
+    seed = None if cfg.get("seed") is None else int(cfg.seed) + _rank()
+    if hasattr(dataset, "transform"):
+        transform = two_view_transform(cfg, seed)
+        dataset.transform = transform if hasattr(dataset, "imgrec") else _ArrayInput(transform)
+    elif isinstance(getattr(dataset, "img", None), torch.Tensor):
+        if dataset.img.dim() == 3:
+            dataset.img = torch.stack([dataset.img, dataset.img])
+    else:
+        raise QGFaceConfigError(f"config.loss='qgface' cannot make two views for {type(dataset).__name__}: "
+                                "use a train.rec folder, an image folder or rec='synthetic'")
+    return train_loader
+
+
+def stack_views(img: torch.Tensor) -> torch.Tensor:
+    """``[B, 2, C, H, W]`` (H view, L view per image) -> ``[2B, C, H, W]``: all H views, then all L views."""
+    if img.dim() != 5 or img.shape[1] != 2:
+        raise QGFaceInputError(
+            f"QGFace needs batches of two views [B, 2, C, H, W], got {tuple(img.shape)}: build the loader "
+            "through qgface_hooks.prepare_loader")
+    return torch.cat([img[:, 0], img[:, 1]])
+
+
+# ----------------------------------------------------------------------------------------- model
+
+def _build_criterion(cfg, pfc) -> QGFaceLoss:
+    # TODO(training.py): the same construction as training.build_training; share one helper.
+    return QGFaceLoss(
+        pfc, cfg.embedding_size, queue_size=cfg.qgface_queue_size, threshold=cfg.qgface_threshold,
+        contrastive_weight=cfg.qgface_lambda, contrastive_scale=cfg.qgface_contrastive_scale,
+        h=cfg.qgface_h, norm_momentum=cfg.qgface_norm_momentum, stats_init=cfg.qgface_stats_init,
+        weight_method=cfg.qgface_weight_method, weight_range=cfg.qgface_weight_range,
+        pair_quality=cfg.qgface_pair_quality, mask=cfg.qgface_mask, symmetric=cfg.qgface_symmetric,
+        detach_positive=cfg.qgface_detach_positive, rescale=cfg.qgface_rescale,
+        proxy_correction=cfg.qgface_proxy_correction)
+
+
+def build(cfg, module_partial_fc):
+    """QGFace's Partial FC and loss in place of upstream's ``module_partial_fc``.
+
+    Args:
+        cfg: the config, after :func:`configure`.
+        module_partial_fc: the ``PartialFC_V2`` train_v2 just built (its module provides the base
+            class; its initial weight is kept, so QGFace starts from the same class centres).
+
+    Returns:
+        ``(pfc, criterion)``: the :func:`~qgface_plugin.partial_fc.qgface_partial_fc` subclass
+        instance (QGFace's HQ margin ``cfg.qgface_margin``, ``hq_mode``), to use as
+        ``module_partial_fc``; and the :class:`~qgface_plugin.loss.QGFaceLoss` around it, in
+        training mode, on the current CUDA device (or the CPU without CUDA).
+    """
+    pfc_module = sys.modules[type(module_partial_fc).__module__]
+    margin = build_margin(cfg.qgface_margin, s=cfg.qgface_s, m=cfg.qgface_m, margin_list=cfg.margin_list)
+    pfc = qgface_partial_fc(pfc_module)(margin, cfg.embedding_size, cfg.num_classes, cfg.sample_rate,
+                                        module_partial_fc.fp16, hq_mode=cfg.qgface_hq_mode)
+    with torch.no_grad():
+        pfc.weight.copy_(module_partial_fc.weight)
+    criterion = _build_criterion(cfg, pfc)
+    device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+    return pfc, criterion.to(device).train()
+
+
+# ------------------------------------------------------------------------------------------ step
+
+def loss(criterion: QGFaceLoss, local_embeddings: torch.Tensor, local_labels: torch.Tensor, cfg,
+         global_step: int) -> torch.Tensor:
+    """The QGFace loss of one step (L_cls + λ·L_con), a scalar tensor for upstream's backward.
+
+    Args:
+        criterion: from :func:`build`.
+        local_embeddings: the backbone's ``[2B, D]`` output for :func:`stack_views`'s batch.
+        local_labels: ``[B]`` labels.
+        cfg: the config (train_v2 has set ``total_batch_size``).
+        global_step: train_v2's step counter, already incremented (1 at the first step).
+
+    The threshold b ramps up over ``qgface_threshold_warmup_epochs`` (:func:`threshold_schedule`,
+    at the fractional epoch of this step). Every ``cfg.frequent`` steps rank 0 logs the loss parts,
+    HQ fraction, b, queue fill and norm statistics (into ``training.log``).
+    """
+    total_batch = cfg.get("total_batch_size") or cfg.batch_size * (torch_dist.get_world_size()
+                                                                    if torch_dist.is_initialized() else 1)
+    steps_per_epoch = max(1, cfg.num_image // total_batch)
+    b = threshold_schedule(cfg.qgface_threshold, (global_step - 1) / steps_per_epoch,
+                           cfg.qgface_threshold_warmup_epochs)
+    value, stats = criterion(local_embeddings.float(), local_labels, threshold=b)
+    if cfg.frequent and global_step % cfg.frequent == 0 and _rank() == 0:
+        s = {k: float(v) for k, v in stats.items()}
+        log.info("QGFace step %d: loss %.4f  cls %.4f  con %.4f  hq %.0f%%  contrasted %.0f%%  b %.3f  "
+                 "queue %.0f%%  norm %.2f+-%.2f", global_step, s["loss"], s["loss_cls"], s["loss_con"],
+                 100 * s["hq_fraction"], 100 * s["contrast_fraction"], s["threshold"], 100 * s["queue_fill"],
+                 s["norm_mean"], s["norm_std"])
+    return value
+
+
+# ------------------------------------------------------------------------------------ checkpoint
+
+def state_dict(criterion: QGFaceLoss) -> dict:
+    """The loss's state for ``checkpoint["state_qgface"]``: queue and quality statistics, no classifier."""
+    return {k: v for k, v in criterion.state_dict().items() if not k.startswith("classifier.")}
+
+
+def load_state_dict(criterion: QGFaceLoss, checkpoint: dict) -> None:
+    """Restore :func:`state_dict`'s part of train_v2's checkpoint (call after the Partial FC is loaded).
+
+    Raises:
+        QGFaceInputError: the checkpoint has no ``"state_qgface"`` (it was not written by a QGFace run
+            of the patched train_v2).
+    """
+    state = checkpoint.get(CHECKPOINT_KEY)
+    if state is None:
+        raise QGFaceInputError(
+            f"the checkpoint has no {CHECKPOINT_KEY!r}: it was not written by a config.loss='qgface' run of the "
+            "patched train_v2. Resume it with the loss it was trained with, or start a new run from model.pt.")
+    classifier = {f"classifier.{k}": v for k, v in criterion.classifier.state_dict().items()}
+    criterion.load_state_dict({**state, **classifier})
+    log.info("QGFace state restored: queue %d/%d filled, quality statistics after %d updates (mean %.3f, std %.3f)",
+             criterion.queue.filled, criterion.queue.size, int(criterion.partition.num_updates),
+             float(criterion.partition.mean), float(criterion.partition.std))

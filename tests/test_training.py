@@ -1,0 +1,129 @@
+"""tools/train.py end to end on a tiny synthetic record set (needs arcface_torch: ARCFACE_TORCH_ROOT).
+
+1-process QGFace run with falling loss, verification and summary.json; the ArcFace baseline through
+the same loop; a 2-process torchrun (gloo) run; resume giving the same next-step losses as an
+uninterrupted run; clear errors for a world-size change and for bad data.
+"""
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+UPSTREAM = os.environ.get("ARCFACE_TORCH_ROOT")
+pytestmark = pytest.mark.skipif(not UPSTREAM, reason="ARCFACE_TORCH_ROOT not set: these tests train with arcface_torch")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    from qgface_plugin.synthetic import make_dataset
+    root = tmp_path_factory.mktemp("data")
+    make_dataset(root, num_identities=8, images_per_identity=6, num_val_identities=4, val_pairs=40, seed=3)
+    return root
+
+
+def _config(tmp_path, data, **extra):
+    body = {"loss": "qgface", "network": "mbf", "embedding_size": 64, "rec": str(data), "num_classes": 8,
+            "num_image": 48, "batch_size": 4, "num_epoch": 2, "warmup_epoch": 0, "lr": 0.1, "num_workers": 0,
+            "frequent": 1, "verbose": 10 ** 9, "qgface_queue_size": 64, "qgface_stats_init": "first_batch",
+            "qgface_threshold": 0.3, "output": str(tmp_path / "out"), **extra}
+    path = tmp_path / "cfg.py"
+    path.write_text("from easydict import EasyDict as edict\nconfig = edict()\n" +
+                    "".join(f"config.{k} = {v!r}\n" for k, v in body.items()))
+    return path
+
+
+def _run(args, timeout=300, torchrun=0):
+    env = {**os.environ, "OMP_NUM_THREADS": "1" if torchrun else os.environ.get("OMP_NUM_THREADS", "2")}
+    if torchrun:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={torchrun}",
+               f"--master_port={port}", str(ROOT / "tools" / "train.py"), *map(str, args)]
+    else:
+        cmd = [sys.executable, str(ROOT / "tools" / "train.py"), *map(str, args)]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def _summary(out):
+    return json.loads((Path(out) / "summary.json").read_text())
+
+
+def _losses(summary):
+    return [h["loss"] for h in summary["history"]]
+
+
+def test_qgface_one_process_learns_and_writes_everything(tmp_path, data):
+    cfg = _config(tmp_path, data, num_epoch=3, val_targets=["synthetic_val_hq"])
+    r = _run([cfg])
+    assert r.returncode == 0, r.stderr[-3000:]
+    s = _summary(tmp_path / "out")
+    losses = _losses(s)
+    assert s["steps"] == 36 and len(losses) == 36
+    assert sum(losses[-6:]) / 6 < sum(losses[:6]) / 6, losses
+    assert set(s["final"]) >= {"loss_cls", "loss_con", "hq_fraction", "queue_fill", "norm_mean", "norm_std"}
+    assert 0 <= s["verification"]["synthetic_val_hq"]["accuracy"] <= 1
+    assert s["samples_per_s"] > 0
+    out = tmp_path / "out"
+    state = torch.load(out / "model.pt", weights_only=True)
+    assert not any(k.startswith("module.") for k in state)
+    ckpt = torch.load(out / "checkpoint_gpu_0.pt", weights_only=True)
+    assert {"state_qgface", "state_dict_softmax_fc", "state_optimizer", "rng"} <= set(ckpt)
+    assert ckpt["state_qgface"]["queue.num_filled"].item() == 64
+    assert any((out / "tensorboard").iterdir())
+    assert "ETA" in r.stdout and "con" in r.stdout
+
+
+def test_arcface_baseline_runs_through_the_same_loop(tmp_path, data):
+    r = _run([_config(tmp_path, data, loss="arcface", num_epoch=1)])
+    assert r.returncode == 0, r.stderr[-3000:]
+    s = _summary(tmp_path / "out")
+    assert s["steps"] == 12 and "loss_con" not in s["final"]
+
+
+def test_two_processes_with_torchrun(tmp_path, data):
+    r = _run([_config(tmp_path, data, num_epoch=3)], torchrun=2, timeout=400)
+    assert r.returncode == 0, r.stderr[-3000:]
+    s = _summary(tmp_path / "out")
+    assert s["world_size"] == 2 and s["steps"] == 18
+    losses = _losses(s)
+    assert sum(losses[-4:]) / 4 < sum(losses[:4]) / 4, losses
+    for rank in (0, 1):
+        assert (tmp_path / "out" / f"checkpoint_gpu_{rank}.pt").is_file()
+    # the replicated queue is identical on both ranks
+    q0 = torch.load(tmp_path / "out" / "checkpoint_gpu_0.pt", weights_only=True)["state_qgface"]
+    q1 = torch.load(tmp_path / "out" / "checkpoint_gpu_1.pt", weights_only=True)["state_qgface"]
+    for key in ("queue.features", "queue.labels", "partition.mean", "partition.std"):
+        assert torch.equal(q0[key], q1[key]), key
+    # a changed world size is a clear error, not a crash
+    r = _run([_config(tmp_path, data, num_epoch=4), "--resume"])
+    assert r.returncode == 2 and "world_size=2 but this run has 1" in r.stderr
+
+
+def test_resume_continues_with_the_same_losses(tmp_path, data):
+    full = _run([_config(tmp_path / "a", data)] if (tmp_path / "a").mkdir() is None else [])
+    assert full.returncode == 0, full.stderr[-3000:]
+    part = _run([_config(tmp_path / "b", data, stop_after_epoch=1)] if (tmp_path / "b").mkdir() is None else [])
+    assert part.returncode == 0, part.stderr[-3000:]
+    assert _summary(tmp_path / "b" / "out")["steps"] == 12
+    resumed = _run([_config(tmp_path / "b", data), "--resume"])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    a = _losses(_summary(tmp_path / "a" / "out"))[12:]
+    b = _losses(_summary(tmp_path / "b" / "out"))
+    assert len(a) == len(b) == 12
+    assert b == pytest.approx(a, rel=1e-5, abs=1e-5)
+
+
+def test_bad_data_stops_before_training(tmp_path, data):
+    r = _run([_config(tmp_path, data, num_classes=5)])
+    assert r.returncode == 2 and "property says 8 classes but config.num_classes=5" in r.stderr
+    r = _run([_config(tmp_path, data, rec=str(tmp_path / "missing"))])
+    assert r.returncode == 2 and "does not exist" in r.stderr
+    r = _run([_config(tmp_path, data, val_targets=["lfw"])])
+    assert r.returncode == 2 and "lfw.bin" in r.stderr

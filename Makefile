@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(BIN)/.qgface-installed
 
-.PHONY: install test bench clean
+.PHONY: install test bench demo upstream clean
 
 install: $(STAMP)
 
@@ -16,6 +16,17 @@ $(STAMP): requirements.txt setup.py
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
+
+# arcface_torch at the pinned commit, unless ARCFACE_TORCH_ROOT points at one (needs GitHub; without
+# it, tools/fetch_arcface_torch.py explains the --source and ARCFACE_TORCH_ROOT alternatives)
+upstream: $(STAMP)
+	@if [ -n "$$ARCFACE_TORCH_ROOT" ]; then echo "using ARCFACE_TORCH_ROOT=$$ARCFACE_TORCH_ROOT"; \
+	elif [ -f third_party/arcface_torch/partial_fc_v2.py ]; then echo "using third_party/arcface_torch"; \
+	else $(BIN)/python tools/fetch_arcface_torch.py; fi
+
+# the main job: synthetic mixed-quality data, QGFace training (GPU if present, else CPU), verification
+demo: upstream
+	$(BIN)/python tools/demo.py --output work_dirs/demo
 
 bench: $(STAMP)
 	$(BIN)/python tools/bench_core.py

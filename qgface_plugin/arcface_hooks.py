@@ -52,23 +52,20 @@ from __future__ import annotations
 import copy
 import logging
 import sys
-import warnings
 
 import numpy as np
 import torch
 import torch.distributed as torch_dist
 
-from . import config as config_mod
-from .config import LOSSES, validate_config
+from .config import LOSSES, base_config, validate_config
 from .errors import QGFaceConfigError, QGFaceInputError
+from .factory import (load_qgface_state_dict, qgface_loss, qgface_margin, qgface_state_dict,
+                      threshold_at_step, two_view_transform)
 from .loss import QGFaceLoss
-from .margins import build_margin
 from .partial_fc import qgface_partial_fc
-from .quality import threshold_schedule
-from .views import TwoViewTransform
 
-__all__ = ["enabled", "configure", "prepare_loader", "build", "stack_views", "loss", "state_dict",
-           "load_state_dict", "QGFACE_PREFIX", "CHECKPOINT_KEY"]
+__all__ = ["enabled", "configure", "prepare_loader", "two_view_transform", "build", "stack_views", "loss",
+           "state_dict", "load_state_dict", "QGFACE_PREFIX", "CHECKPOINT_KEY"]
 
 #: prefix of QGFace's config keys.
 QGFACE_PREFIX = "qgface_"
@@ -100,11 +97,6 @@ def enabled(cfg) -> bool:
     return loss_name == "qgface"
 
 
-def _base_config() -> dict:
-    """``recognition_configs/base.py``'s config (a fresh copy)."""
-    return config_mod._read(config_mod.config_dir() / "base.py")
-
-
 def configure(cfg) -> bool:
     """Prepare upstream's config for QGFace, in place; returns :func:`enabled` (False: nothing changed).
 
@@ -118,14 +110,12 @@ def configure(cfg) -> bool:
     """
     if not enabled(cfg):
         return False
-    base = _base_config()
+    base = base_config()
     for key, value in base.items():
         if key.startswith(QGFACE_PREFIX) and key not in cfg:
             cfg[key] = copy.deepcopy(value)
     known = set(base) | {k for k in cfg if not k.startswith(QGFACE_PREFIX)}
-    with warnings.catch_warnings():  # train_v2 does use wandb; that warning is about qgface_plugin's own loop
-        warnings.filterwarnings("ignore", message=r"config\.using_wandb is ignored")
-        validate_config(cfg, known=known)
+    validate_config(cfg, known=known, own_loop=False)
     return True
 
 
@@ -144,14 +134,6 @@ class _ArrayInput:
 
     def __repr__(self):
         return f"{type(self).__name__}({self.transform!r})"
-
-
-def two_view_transform(cfg, seed=None) -> TwoViewTransform:
-    """QGFace's :class:`~qgface_plugin.views.TwoViewTransform` with the config's ``qgface_view_*`` options."""
-    return TwoViewTransform(
-        scale=tuple(cfg.qgface_view_scale), jpeg_quality=cfg.qgface_view_jpeg_quality,
-        crop_p=cfg.qgface_view_crop_p, jitter_p=cfg.qgface_view_jitter_p,
-        rotation_p=cfg.qgface_view_rotation_p, seed=seed)
 
 
 def prepare_loader(train_loader, cfg):
@@ -201,18 +183,6 @@ def stack_views(img: torch.Tensor) -> torch.Tensor:
 
 # ----------------------------------------------------------------------------------------- model
 
-def _build_criterion(cfg, pfc) -> QGFaceLoss:
-    # TODO(training.py): the same construction as training.build_training; share one helper.
-    return QGFaceLoss(
-        pfc, cfg.embedding_size, queue_size=cfg.qgface_queue_size, threshold=cfg.qgface_threshold,
-        contrastive_weight=cfg.qgface_lambda, contrastive_scale=cfg.qgface_contrastive_scale,
-        h=cfg.qgface_h, norm_momentum=cfg.qgface_norm_momentum, stats_init=cfg.qgface_stats_init,
-        weight_method=cfg.qgface_weight_method, weight_range=cfg.qgface_weight_range,
-        pair_quality=cfg.qgface_pair_quality, mask=cfg.qgface_mask, symmetric=cfg.qgface_symmetric,
-        detach_positive=cfg.qgface_detach_positive, rescale=cfg.qgface_rescale,
-        proxy_correction=cfg.qgface_proxy_correction)
-
-
 def build(cfg, module_partial_fc):
     """QGFace's Partial FC and loss in place of upstream's ``module_partial_fc``.
 
@@ -228,12 +198,12 @@ def build(cfg, module_partial_fc):
         training mode, on the current CUDA device (or the CPU without CUDA).
     """
     pfc_module = sys.modules[type(module_partial_fc).__module__]
-    margin = build_margin(cfg.qgface_margin, s=cfg.qgface_s, m=cfg.qgface_m, margin_list=cfg.margin_list)
+    margin = qgface_margin(cfg)
     pfc = qgface_partial_fc(pfc_module)(margin, cfg.embedding_size, cfg.num_classes, cfg.sample_rate,
                                         module_partial_fc.fp16, hq_mode=cfg.qgface_hq_mode)
     with torch.no_grad():
         pfc.weight.copy_(module_partial_fc.weight)
-    criterion = _build_criterion(cfg, pfc)
+    criterion = qgface_loss(cfg, pfc)
     device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
     return pfc, criterion.to(device).train()
 
@@ -258,8 +228,7 @@ def loss(criterion: QGFaceLoss, local_embeddings: torch.Tensor, local_labels: to
     total_batch = cfg.get("total_batch_size") or cfg.batch_size * (torch_dist.get_world_size()
                                                                     if torch_dist.is_initialized() else 1)
     steps_per_epoch = max(1, cfg.num_image // total_batch)
-    b = threshold_schedule(cfg.qgface_threshold, (global_step - 1) / steps_per_epoch,
-                           cfg.qgface_threshold_warmup_epochs)
+    b = threshold_at_step(cfg, global_step - 1, steps_per_epoch)
     value, stats = criterion(local_embeddings.float(), local_labels, threshold=b)
     if cfg.frequent and global_step % cfg.frequent == 0 and _rank() == 0:
         s = {k: float(v) for k, v in stats.items()}
@@ -274,7 +243,7 @@ def loss(criterion: QGFaceLoss, local_embeddings: torch.Tensor, local_labels: to
 
 def state_dict(criterion: QGFaceLoss) -> dict:
     """The loss's state for ``checkpoint["state_qgface"]``: queue and quality statistics, no classifier."""
-    return {k: v for k, v in criterion.state_dict().items() if not k.startswith("classifier.")}
+    return qgface_state_dict(criterion)
 
 
 def load_state_dict(criterion: QGFaceLoss, checkpoint: dict) -> None:
@@ -289,8 +258,7 @@ def load_state_dict(criterion: QGFaceLoss, checkpoint: dict) -> None:
         raise QGFaceInputError(
             f"the checkpoint has no {CHECKPOINT_KEY!r}: it was not written by a config.loss='qgface' run of the "
             "patched train_v2. Resume it with the loss it was trained with, or start a new run from model.pt.")
-    classifier = {f"classifier.{k}": v for k, v in criterion.classifier.state_dict().items()}
-    criterion.load_state_dict({**state, **classifier})
+    load_qgface_state_dict(criterion, state)
     log.info("QGFace state restored: queue %d/%d filled, quality statistics after %d updates (mean %.3f, std %.3f)",
              criterion.queue.filled, criterion.queue.size, int(criterion.partition.num_updates),
              float(criterion.partition.mean), float(criterion.partition.std))

@@ -19,7 +19,7 @@ from easydict import EasyDict as edict
 
 from .errors import QGFaceConfigError
 
-__all__ = ["load_config", "validate_config", "config_dir", "available_configs", "parse_overrides",
+__all__ = ["load_config", "validate_config", "base_config", "config_dir", "available_configs", "parse_overrides",
            "LOSSES", "REQUIRED_KEYS"]
 
 LOSSES = ("qgface", "arcface", "cosface")
@@ -47,6 +47,11 @@ def _read(path: Path) -> edict:
     return edict(copy.deepcopy(dict(namespace["config"])))
 
 
+def base_config() -> edict:
+    """``recognition_configs/base.py``'s config: every key with its default (a fresh copy)."""
+    return _read(config_dir() / "base.py")
+
+
 def resolve_config_path(name_or_path: str | Path) -> Path:
     """A config file from a path, or a shipped config's name (``"qgface_demo_cpu"``)."""
     path = Path(name_or_path)
@@ -67,7 +72,7 @@ def load_config(name_or_path: str | Path, overrides: dict | None = None, validat
     where it came from.
     """
     path = resolve_config_path(name_or_path)
-    cfg = _read(config_dir() / "base.py")
+    cfg = base_config()
     job = _read(path)
     cfg.update(job)
     if overrides:
@@ -76,7 +81,7 @@ def load_config(name_or_path: str | Path, overrides: dict | None = None, validat
     if cfg.output is None:
         cfg.output = str(Path("work_dirs") / path.stem)
     if validate:
-        validate_config(cfg, known=set(_read(config_dir() / "base.py")) | {"config_name", "config_path"})
+        validate_config(cfg)
     return cfg
 
 
@@ -85,9 +90,15 @@ def _closest(key: str, names: Iterable[str]) -> str:
     return f"; did you mean {match[0]!r}?" if match else ""
 
 
-def validate_config(cfg: dict, known: set[str] | None = None) -> dict:
-    """Check keys and values that can be checked without building anything; returns ``cfg``."""
-    known = known if known is not None else set(_read(config_dir() / "base.py")) | {"config_name", "config_path"}
+def validate_config(cfg: dict, known: set[str] | None = None, own_loop: bool = True) -> dict:
+    """Check keys and values that can be checked without building anything; returns ``cfg``.
+
+    Args:
+        known: valid keys (default: the base config's, plus ``config_name``/``config_path``).
+        own_loop: also apply the limits of this package's training loop (``gradient_acc`` = 1, no
+            wandb); False for upstream's own ``train_v2.py`` (patched), which supports both.
+    """
+    known = known if known is not None else set(base_config()) | {"config_name", "config_path"}
     for key in cfg:
         if key not in known:
             if key.startswith("qgface_"):
@@ -112,11 +123,11 @@ def validate_config(cfg: dict, known: set[str] | None = None) -> dict:
         raise QGFaceConfigError(f"config.optimizer must be 'sgd' or 'adamw', got {cfg['optimizer']!r}")
     if not 0.0 <= float(cfg["sample_rate"]) <= 1.0:
         raise QGFaceConfigError(f"config.sample_rate must be in [0, 1], got {cfg['sample_rate']}")
-    if cfg.get("gradient_acc", 1) != 1:
+    if own_loop and cfg.get("gradient_acc", 1) != 1:
         raise QGFaceConfigError(f"config.gradient_acc={cfg['gradient_acc']} is not supported; use 1")
     if cfg.get("dali"):
         raise QGFaceConfigError("config.dali=True is not supported: DALI has no hook for QGFace's two views")
-    if cfg.get("using_wandb"):
+    if own_loop and cfg.get("using_wandb"):
         warnings.warn("config.using_wandb is ignored: qgface_plugin logs to tensorboardX", stacklevel=2)
     num_image, total_batch = cfg["num_image"], cfg["batch_size"]
     if num_image < total_batch:

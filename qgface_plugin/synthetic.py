@@ -7,7 +7,8 @@ brows, nose, mouth, marks such as a mole, freckles, glasses or a beard), and
 every *image* of that identity is rendered with its own nuisance (rotation,
 translation, scale, slight yaw, lighting gradient, brightness / contrast /
 colour cast, expression, clothing, background clutter, sensor noise). A part of
-the images is then degraded (downscale and back, blur, noise, darkening, JPEG),
+the images is then degraded (downscale and back, blur, noise, darkening, colour
+loss, JPEG),
 so the image quality varies and a feature-norm quality signal has something to
 pick up.
 
@@ -131,8 +132,10 @@ def draw_identity(rng):
         rng: ``np.random.Generator`` (or an int seed / None for ``np.random.default_rng``).
 
     Returns:
-        A dict of plain Python values (JSON-serialisable): colours are RGB tuples
-        of floats in [0, 255], lengths are pixels in the 112x112 frame.
+        A dict of plain Python values (JSON-serialisable): colours are RGB lists
+        of three floats in [0, 255], lengths are pixels in the 112x112 frame
+        (eye centres at ``56 -+ eye_dx, eye_y``, nose tip at ``nose_len``, mouth
+        at ``mouth_y``; on average the ArcFace template, ``ARCFACE_TEMPLATE``).
         Keys: ``face_w``, ``face_h``, ``face_cy``, ``jaw`` (0 oval .. 1 square),
         ``chin`` (chin point), ``skin``, ``blush``, ``ear_size``, ``ear_out``,
         ``hair_style``, ``hair_colour``, ``hairline`` (y), ``hair_volume``,
@@ -809,7 +812,9 @@ def _rng(seed, *keys):
 
 
 def _lq_level(rng):
-    return float(rng.uniform(0.0, 1.0))
+    """Severity of a degraded image: sqrt(U(0, 1)), skewed to the hard end (mean 2/3,
+    i.e. a typical downscale to ~21 px)."""
+    return float(math.sqrt(rng.uniform(0.0, 1.0)))
 
 
 @functools.lru_cache(maxsize=4096)
@@ -880,7 +885,7 @@ def make_dataset(out_dir, num_identities=100, images_per_identity=20, lq_fractio
       images_per_identity`` images (see :func:`write_train_rec`), grouped by
       label ``0..num_identities-1``. In every identity, ``round(lq_fraction *
       images_per_identity)`` images (random positions) are degraded with
-      :func:`degrade_quality` at a level drawn uniformly from [0, 1].
+      :func:`degrade_quality` at a level ``sqrt(U(0, 1))`` (skewed to severe).
     * ``train_quality.txt``: one line per image, ``key label level``, where
       ``level`` is ``-1`` for a clean (HQ) image.
     * ``synthetic_val.bin``: ``val_pairs`` verification pairs of

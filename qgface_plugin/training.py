@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import math
 import os
 import random
 import socket
@@ -31,12 +30,10 @@ from torch.nn.parallel import DistributedDataParallel
 from . import upstream as upstream_mod
 from .config import load_config
 from .errors import QGFaceConfigError, QGFaceInputError
-from .loss import QGFaceLoss
-from .margins import build_margin
+from .factory import (load_qgface_state_dict, qgface_loss, qgface_margin, qgface_state_dict,
+                      threshold_at_step, two_view_transform)
 from .partial_fc import qgface_partial_fc
-from .quality import threshold_schedule
 from .records import check_record_dataset
-from .views import TwoViewTransform
 
 __all__ = ["train", "setup_distributed", "CHECKPOINT_FORMAT"]
 
@@ -126,10 +123,7 @@ def build_loader(cfg, ns, rank, world, device):
         check_record_dataset(cfg.rec, cfg.num_classes)
         dataset = ns.MXFaceDataset(root_dir=cfg.rec, local_rank=rank)
         if cfg.loss == "qgface":
-            dataset.transform = TwoViewTransform(
-                scale=tuple(cfg.qgface_view_scale), jpeg_quality=cfg.qgface_view_jpeg_quality,
-                crop_p=cfg.qgface_view_crop_p, jitter_p=cfg.qgface_view_jitter_p,
-                rotation_p=cfg.qgface_view_rotation_p)
+            dataset.transform = two_view_transform(cfg)
     sampler = torch.utils.data.DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True,
                                                   seed=cfg.seed)
     loader = torch.utils.data.DataLoader(
@@ -147,6 +141,8 @@ def build_training(cfg, ns, world, device):
     """Backbone (DDP), Partial FC with the margin, the QGFace loss (or None), optimizer."""
     backbone = ns.get_model(cfg.network, dropout=0.0, fp16=bool(cfg.fp16), num_features=cfg.embedding_size)
     backbone = backbone.to(device)
+    if cfg.channels_last:
+        backbone = backbone.to(memory_format=torch.channels_last)
     backbone = DistributedDataParallel(
         backbone, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False,
         bucket_cap_mb=16, find_unused_parameters=True)
@@ -156,23 +152,13 @@ def build_training(cfg, ns, world, device):
     backbone._set_static_graph()
 
     if cfg.loss == "qgface":
-        margin_kind = cfg.qgface_margin
-        margin = build_margin(margin_kind, s=cfg.qgface_s, m=cfg.qgface_m, margin_list=cfg.margin_list)
+        margin = qgface_margin(cfg)
     else:
         margin = ns.CombinedMarginLoss(64, *cfg.margin_list, cfg.interclass_filtering_threshold)
     pfc_module = sys.modules[ns.PartialFC_V2.__module__]
     pfc = qgface_partial_fc(pfc_module)(margin, cfg.embedding_size, cfg.num_classes, cfg.sample_rate,
                                         False, hq_mode=cfg.qgface_hq_mode).to(device).train()
-    criterion = None
-    if cfg.loss == "qgface":
-        criterion = QGFaceLoss(
-            pfc, cfg.embedding_size, queue_size=cfg.qgface_queue_size, threshold=cfg.qgface_threshold,
-            contrastive_weight=cfg.qgface_lambda, contrastive_scale=cfg.qgface_contrastive_scale,
-            h=cfg.qgface_h, norm_momentum=cfg.qgface_norm_momentum, stats_init=cfg.qgface_stats_init,
-            weight_method=cfg.qgface_weight_method, weight_range=cfg.qgface_weight_range,
-            pair_quality=cfg.qgface_pair_quality, mask=cfg.qgface_mask, symmetric=cfg.qgface_symmetric,
-            detach_positive=cfg.qgface_detach_positive, rescale=cfg.qgface_rescale,
-            proxy_correction=cfg.qgface_proxy_correction).to(device).train()
+    criterion = qgface_loss(cfg, pfc).to(device).train() if cfg.loss == "qgface" else None
     groups = [{"params": backbone.parameters()}, {"params": pfc.parameters()}]  # PFC group last, as upstream
     if cfg.optimizer == "sgd":
         opt = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
@@ -220,8 +206,7 @@ def save_checkpoint(cfg, rank, world, epoch, step, backbone, pfc, criterion, opt
         "state_dict_backbone": backbone.module.state_dict(), "state_dict_softmax_fc": pfc.state_dict(),
         "state_optimizer": opt.state_dict(), "state_lr_scheduler": sched.state_dict(),
         "state_scaler": scaler.state_dict(),
-        "state_qgface": ({k: v for k, v in criterion.state_dict().items() if not k.startswith("classifier.")}
-                         if criterion is not None else {}),
+        "state_qgface": qgface_state_dict(criterion) if criterion is not None else {},
         "rng": _rng_state(),
     }
     _atomic_save(state, checkpoint_path(cfg.output, rank))
@@ -249,8 +234,7 @@ def load_checkpoint(cfg, rank, world, device, backbone, pfc, criterion, opt, sch
     sched.load_state_dict(state["state_lr_scheduler"])
     scaler.load_state_dict(state["state_scaler"])
     if criterion is not None:
-        criterion.load_state_dict({**state["state_qgface"],
-                                   **{f"classifier.{k}": v for k, v in pfc.state_dict().items()}})
+        load_qgface_state_dict(criterion, state["state_qgface"])
     _set_rng_state(state["rng"])
     return state["epoch"], state["global_step"]
 
@@ -352,11 +336,12 @@ def train(cfg, root: str | None = None) -> dict:
             img, labels = img.to(device, non_blocking=True), labels.to(device, non_blocking=True)
             if criterion is not None:  # [B, 2, 3, H, W]: H views then L views
                 img = torch.cat([img[:, 0], img[:, 1]])
+            if cfg.channels_last:
+                img = img.contiguous(memory_format=torch.channels_last)
             with pfc_guard():
                 embeddings = backbone(img)
                 if criterion is not None:
-                    b = threshold_schedule(cfg.qgface_threshold, step / steps_per_epoch,
-                                           cfg.qgface_threshold_warmup_epochs)
+                    b = threshold_at_step(cfg, step, steps_per_epoch)
                     loss, stats = criterion(embeddings.float(), labels, threshold=b)
                 else:
                     loss = pfc(embeddings.float(), labels.clone())

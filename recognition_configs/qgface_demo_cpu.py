@@ -18,6 +18,7 @@ config.num_epoch = 4
 config.warmup_epoch = 0
 config.lr = 0.1
 config.num_workers = 2
+config.channels_last = True
 config.verbose = 10 ** 9              # verify at the end only
 config.frequent = 10
 config.qgface_stats_init = "first_batch"  # a short run cannot wait ~100 steps for the EMA to settle

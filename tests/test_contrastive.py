@@ -64,7 +64,6 @@ def test_gradcheck_of_fused_function():
 
 def test_analytic_all_logits_equal_gives_ln129_for_any_k():
     # collinear anchors/positives/keys, no same-label entries: every logit is s*1 -> loss ln(K+1)*rescale
-    d = 3
     e = torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64)
     for k in (1, 5, 127, 500):
         a = e.repeat(4, 1)

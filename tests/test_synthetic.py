@@ -365,3 +365,13 @@ def test_cli_writes_the_set_and_a_preview(tmp_path, capsys):
     rc = cli.main(["--output", str(tmp_path / "bad"), "--val-pairs", "30"])
     assert rc == 2
     assert "val_pairs=30" in capsys.readouterr().err
+
+
+def test_identity_geometry_follows_the_arcface_template():
+    ids = [S.draw_identity(np.random.default_rng([31, i])) for i in range(400)]
+    t = S.ARCFACE_TEMPLATE
+    assert abs(np.mean([56 - idn["eye_dx"] for idn in ids]) - t[0, 0]) < 1.5
+    assert abs(np.mean([56 + idn["eye_dx"] for idn in ids]) - t[1, 0]) < 1.5
+    assert abs(np.mean([idn["eye_y"] for idn in ids]) - t[:2, 1].mean()) < 1.5
+    assert abs(np.mean([idn["nose_len"] for idn in ids]) - t[2, 1]) < 1.5
+    assert abs(np.mean([idn["mouth_y"] for idn in ids]) - t[3:, 1].mean()) < 1.5

@@ -101,7 +101,7 @@ def bench_head(num_classes, batch, dim, repeats, thresholds):
         out[f"ratio_{key}"] = round(t_qg / t_plain, 3)
         out[f"ratio_{key}_vs_upstream_style"] = round(t_qg / t_up, 3)
         out[f"contrast_fraction_{key}"] = round(float(last["stats"]["contrast_fraction"]), 3)
-        del head
+        head = None  # free it before the next setting
     out["plain_s"] = round(statistics.median(plain_times), 4)
     out["upstream_style_s"] = round(statistics.median(upstream_times), 4)
     return out

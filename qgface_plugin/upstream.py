@@ -87,8 +87,25 @@ PINNED_BLOBS = {
     "utils/utils_config.py": "0c02eaf70fc0140aca7925f621c29a496f491cae",
     "utils/utils_distributed_sampler.py": "cea6703965bff81f8b789ffd933f9b2f889cb680",
 }
-#: files our patches (patches/*.patch) modify, so a changed hash there is expected.
-PATCHED_FILES = ("train_v2.py",)
+#: files our patches (patches/*.patch) modify, so a changed hash there is expected (see patched_files()).
+PATCHED_FILES = ("lr_scheduler.py", "train_v2.py")
+
+
+def patched_files(patch) -> list:
+    """Files (relative to the arcface_torch folder) that a unified diff modifies."""
+    files = []
+    for line in Path(patch).read_text(encoding="utf-8", errors="replace").splitlines():
+        if line.startswith("+++ ") and not line.startswith("+++ /dev/null"):
+            path = line[4:].split("\t")[0].strip()
+            files.append(path[2:] if path.startswith(("a/", "b/")) else path)
+    return files
+
+
+def _expected_changes(root: Path) -> set:
+    ours = set(PATCHED_FILES)
+    for patch in sorted((REPO_ROOT / "patches").glob("*.patch")):
+        ours.update(patched_files(patch))
+    return ours | set(_read_fetch_record(root).get("patched_files", ()))
 
 #: upstream's top-level module names that can clash with other code in the same process.
 GENERIC_NAMES = ("backbones", "dataset", "partial_fc_v2", "losses", "lr_scheduler", "utils", "eval", "configs")
@@ -207,7 +224,7 @@ def _check_files(root: Path) -> list:
             f"{root} is not a complete copy of insightface's {ARCFACE_SUBDIR} at commit {PINNED_COMMIT}: "
             f"missing {', '.join(missing)}. Re-create it with: python tools/fetch_arcface_torch.py --force "
             f"[--source <insightface clone or git dir>], or point {ENV_VAR} at a complete copy.")
-    expected_changes = set(PATCHED_FILES) | set(_read_fetch_record(root).get("patched_files", ()))
+    expected_changes = _expected_changes(root)
     changed = []
     for rel, blob in PINNED_BLOBS.items():
         if rel in expected_changes:

@@ -143,15 +143,6 @@ def extract(base: list, commit: str, into: Path) -> Path:
     return folder
 
 
-def _patched_files(patch: Path) -> list:
-    files = []
-    for line in patch.read_text(encoding="utf-8", errors="replace").splitlines():
-        if line.startswith("+++ ") and not line.startswith("+++ /dev/null"):
-            path = line[4:].split("\t")[0].strip()
-            files.append(path[2:] if path.startswith(("a/", "b/")) else path)
-    return files
-
-
 def apply_patches(folder: Path, patches_dir: Path) -> list:
     """``git apply -p1`` each ``patches_dir/*.patch`` (sorted) inside ``folder``; returns their records."""
     patches = sorted(patches_dir.glob("*.patch")) if patches_dir.is_dir() else []
@@ -172,7 +163,7 @@ def apply_patches(folder: Path, patches_dir: Path) -> list:
                 raise FetchError(f"patch {patch} does not apply to {upstream.ARCFACE_SUBDIR} at the chosen commit:\n"
                                  f"{proc.stderr.strip()}\nFix the patch, or fetch with --no-patches.")
         records.append({"name": patch.name, "sha256": hashlib.sha256(patch.read_bytes()).hexdigest(),
-                        "files": _patched_files(patch)})
+                        "files": upstream.patched_files(patch)})
     return records
 
 

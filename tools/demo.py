@@ -34,8 +34,12 @@ def _make_data(out: Path, args) -> dict:
             return info
     print(f"[demo] writing {args.identities} identities x {args.images_per_identity} images "
           f"(30% low quality) to {out}", flush=True)
-    return make_dataset(out, num_identities=args.identities, images_per_identity=args.images_per_identity,
+    info = make_dataset(out, num_identities=args.identities, images_per_identity=args.images_per_identity,
                         num_val_identities=args.val_identities, val_pairs=args.val_pairs, seed=args.seed)
+    import cv2
+    from qgface_plugin.synthetic import contact_sheet
+    cv2.imwrite(str(out / "preview.png"), contact_sheet(out, rows=8, cols=12)[..., ::-1])
+    return info
 
 
 def main(argv=None) -> int:

@@ -34,6 +34,7 @@ from .factory import (load_qgface_state_dict, qgface_loss, qgface_margin, qgface
                       threshold_at_step, two_view_transform)
 from .partial_fc import qgface_partial_fc
 from .records import check_record_dataset
+from .views import FlipTransform
 
 __all__ = ["train", "setup_distributed", "CHECKPOINT_FORMAT"]
 
@@ -99,26 +100,32 @@ def _set_rng_state(state: dict) -> None:
 
 # ---------------------------------------------------------------------------------------------
 # data
-class _TwoViewSynthetic(torch.utils.data.Dataset):
-    """arcface_torch's ``synthetic`` data (one fixed normalised image) with both views equal."""
+class SyntheticImages(torch.utils.data.Dataset):
+    """``config.rec = "synthetic"``: random images through the real transform, for speed runs.
 
-    def __init__(self, base):
-        self.base = base
+    arcface_torch's own synthetic set repeats one image with label 1, which makes the backbone's
+    final BatchNorm output collapse (NaN losses after the first update). Here a pool of random
+    RGB uint8 images cycles with labels ``i % num_classes``, and each goes through the run's
+    transform (two views for QGFace), so throughput includes the augmentation cost.
+    """
+
+    def __init__(self, num_image, num_classes, transform, pool=256, seed=0):
+        rng = np.random.default_rng(seed)
+        self.pool = rng.integers(0, 256, size=(pool, 112, 112, 3), dtype=np.uint8)
+        self.num_image, self.num_classes, self.transform = num_image, num_classes, transform
 
     def __len__(self):
-        return len(self.base)
+        return self.num_image
 
     def __getitem__(self, i):
-        img, label = self.base[i]
-        return torch.stack([img, img]), label
+        return self.transform(self.pool[i % len(self.pool)]), torch.tensor(i % self.num_classes)
 
 
 def build_loader(cfg, ns, rank, world, device):
     """DataLoader over the record set (two views for QGFace) with a distributed sampler."""
     if cfg.rec == "synthetic":
-        dataset = ns.SyntheticDataset()
-        if cfg.loss == "qgface":
-            dataset = _TwoViewSynthetic(dataset)
+        transform = two_view_transform(cfg) if cfg.loss == "qgface" else FlipTransform()
+        dataset = SyntheticImages(cfg.num_image, cfg.num_classes, transform, seed=cfg.seed)
     else:
         check_record_dataset(cfg.rec, cfg.num_classes)
         dataset = ns.MXFaceDataset(root_dir=cfg.rec, local_rank=rank)
@@ -254,6 +261,8 @@ class _OnDevice(torch.nn.Module):
 
 def load_verification_sets(cfg, ns):
     sets = {}
+    if cfg.rec == "synthetic" and cfg.val_targets:
+        raise QGFaceConfigError("config.rec = 'synthetic' has no verification sets: set val_targets = []")
     for name in cfg.val_targets:
         path = Path(cfg.rec) / f"{name}.bin"
         if not path.is_file():

@@ -127,3 +127,11 @@ def test_bad_data_stops_before_training(tmp_path, data):
     assert r.returncode == 2 and "does not exist" in r.stderr
     r = _run([_config(tmp_path, data, val_targets=["lfw"])])
     assert r.returncode == 2 and "lfw.bin" in r.stderr
+
+
+@pytest.mark.parametrize("loss", ["qgface", "arcface"])
+def test_synthetic_option_trains_with_finite_losses(tmp_path, data, loss):
+    r = _run([_config(tmp_path, data, rec="synthetic", num_image=32, num_epoch=1, loss=loss)])
+    assert r.returncode == 0, r.stderr[-3000:]
+    s = _summary(tmp_path / "out")
+    assert s["steps"] == 8 and all(h["loss"] == h["loss"] for h in s["history"])  # no NaN

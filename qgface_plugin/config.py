@@ -19,7 +19,7 @@ from easydict import EasyDict as edict
 
 from .errors import QGFaceConfigError
 
-__all__ = ["load_config", "validate_config", "base_config", "config_dir", "available_configs", "parse_overrides",
+__all__ = ["load_config", "validate_config", "base_config", "derive", "config_dir", "available_configs", "parse_overrides",
            "LOSSES", "REQUIRED_KEYS"]
 
 LOSSES = ("qgface", "arcface", "cosface")
@@ -63,6 +63,18 @@ def resolve_config_path(name_or_path: str | Path) -> Path:
     raise QGFaceConfigError(
         f"config {str(name_or_path)!r} not found: give a path to a config file or one of the shipped "
         f"configs: {', '.join(available_configs())}")
+
+
+def derive(name_or_path: str | Path, **changes) -> edict:
+    """A job config's own keys (without the base) with ``changes`` applied, for twin configs::
+
+        config = derive("arcface_ms1mv2_r100", loss="qgface", qgface_queue_size=65536)
+
+    so a QGFace config and its baseline twin cannot drift apart in anything but what they change.
+    """
+    cfg = _read(resolve_config_path(name_or_path))
+    cfg.update(changes)
+    return cfg
 
 
 def load_config(name_or_path: str | Path, overrides: dict | None = None, validate: bool = True) -> edict:

@@ -1,6 +1,7 @@
-"""ArcFace baseline (single view) on MS1MV2 (faces_emore), IResNet-100; twin: qgface_ms1mv2_r100.py.
+"""ArcFace baseline (single view) on MS1MV2 (faces_emore), IResNet-100: arcface_torch's configs/ms1mv2_r100.py.
 
-Hyper-parameters follow arcface_torch's configs/ms1mv2_r100.py; set `rec` to your faces_emore folder.
+Twins derive from this file (qgface_plugin.config.derive), so they differ only in what they change.
+Set `rec` to your faces_emore folder.
 """
 from easydict import EasyDict as edict
 

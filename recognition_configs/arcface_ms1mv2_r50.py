@@ -1,22 +1,4 @@
-"""ArcFace baseline (single view) on MS1MV2 (faces_emore), IResNet-50; twin: qgface_ms1mv2_r50.py.
+"""ArcFace baseline on MS1MV2, IResNet-50 (arcface_torch's configs/ms1mv2_r50.py); twin: qgface_ms1mv2_r50."""
+from qgface_plugin.config import derive
 
-Hyper-parameters follow arcface_torch's configs/ms1mv2_r50.py; set `rec` to your faces_emore folder.
-"""
-from easydict import EasyDict as edict
-
-config = edict()
-config.loss = "arcface"
-config.network = "r50"
-config.embedding_size = 512
-config.margin_list = (1.0, 0.5, 0.0)
-config.sample_rate = 1.0
-config.fp16 = True
-config.batch_size = 128
-config.lr = 0.1
-config.rec = "/train_tmp/faces_emore"
-config.num_classes = 85742
-config.num_image = 5822653
-config.num_epoch = 20
-config.warmup_epoch = 0
-config.verbose = 2000
-config.val_targets = ["lfw", "cfp_fp", "agedb_30"]
+config = derive("arcface_ms1mv2_r100", network="r50")

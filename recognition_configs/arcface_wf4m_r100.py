@@ -1,6 +1,7 @@
-"""ArcFace baseline (single view) on WebFace4M, IResNet-100. Twins: qgface_/arcface_/cosface_wf4m_r100.py.
+"""ArcFace baseline (single view) on WebFace4M, IResNet-100: arcface_torch's configs/wf4m_r100.py with an
+ArcFace margin (upstream's own WebFace recipe is CosFace: cosface_wf4m_r100.py).
 
-Hyper-parameters follow arcface_torch's configs/wf4m_r100.py; set `rec` to your WebFace4M folder.
+Twins derive from this file (qgface_plugin.config.derive). Set `rec` to your WebFace4M folder.
 """
 from easydict import EasyDict as edict
 

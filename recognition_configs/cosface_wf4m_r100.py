@@ -1,22 +1,4 @@
-"""CosFace baseline (single view; arcface_torch's own WebFace recipe) on WebFace4M, IResNet-100. Twins: qgface_/arcface_/cosface_wf4m_r100.py.
+"""CosFace baseline on WebFace4M, IResNet-100: arcface_torch's own WebFace recipe (margin (1, 0, 0.4))."""
+from qgface_plugin.config import derive
 
-Hyper-parameters follow arcface_torch's configs/wf4m_r100.py; set `rec` to your WebFace4M folder.
-"""
-from easydict import EasyDict as edict
-
-config = edict()
-config.loss = "cosface"
-config.network = "r100"
-config.embedding_size = 512
-config.margin_list = (1.0, 0.0, 0.4)
-config.sample_rate = 1.0
-config.fp16 = True
-config.batch_size = 128
-config.lr = 0.1
-config.rec = "/train_tmp/WebFace4M"
-config.num_classes = 205990
-config.num_image = 4235242
-config.num_epoch = 20
-config.warmup_epoch = 0
-config.verbose = 2000
-config.val_targets = ["lfw", "cfp_fp", "agedb_30"]
+config = derive("arcface_wf4m_r100", loss="cosface", margin_list=(1.0, 0.0, 0.4))

@@ -1,24 +1,4 @@
-"""QGFace on MS1MV2 (faces_emore), IResNet-100; twin: arcface_ms1mv2_r100.py.
+"""QGFace on MS1MV2, IResNet-100; twin of arcface_ms1mv2_r100 (same data, schedule and network)."""
+from qgface_plugin.config import derive
 
-Hyper-parameters follow arcface_torch's configs/ms1mv2_r100.py; set `rec` to your faces_emore folder.
-"""
-from easydict import EasyDict as edict
-
-config = edict()
-config.loss = "qgface"
-config.network = "r100"
-config.embedding_size = 512
-config.margin_list = (1.0, 0.5, 0.0)
-config.sample_rate = 1.0
-config.fp16 = True
-config.batch_size = 128
-config.lr = 0.1
-config.rec = "/train_tmp/faces_emore"
-config.num_classes = 85742
-config.num_image = 5822653
-config.num_epoch = 20
-config.warmup_epoch = 0
-config.verbose = 2000
-config.val_targets = ["lfw", "cfp_fp", "agedb_30"]
-config.qgface_threshold = 0.2
-config.qgface_queue_size = 65536
+config = derive("arcface_ms1mv2_r100", loss="qgface", qgface_threshold=0.2, qgface_queue_size=65536)

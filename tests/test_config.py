@@ -90,3 +90,16 @@ def test_validate_without_loading():
     cfg.num_epoch = -1
     with pytest.raises(QGFaceConfigError, match="num_epoch"):
         validate_config(cfg)
+
+
+@pytest.mark.parametrize("qg,twin,allowed", [
+    ("qgface_ms1mv2_r100", "arcface_ms1mv2_r100", {"loss", "qgface_queue_size"}),
+    ("qgface_ms1mv2_r50", "arcface_ms1mv2_r50", {"loss", "qgface_queue_size"}),
+    ("qgface_wf4m_r100", "arcface_wf4m_r100", {"loss", "qgface_queue_size"}),
+    ("cosface_wf4m_r100", "arcface_wf4m_r100", {"loss", "margin_list"}),
+    ("arcface_ms1mv2_r50", "arcface_ms1mv2_r100", {"network"}),
+])
+def test_twin_configs_differ_only_in_what_they_change(qg, twin, allowed):
+    a, b = load_config(qg), load_config(twin)
+    differ = {k for k in a if a[k] != b[k]} - {"config_name", "config_path", "output"}
+    assert differ == allowed

@@ -1,4 +1,4 @@
-"""tools/train.py end to end on a tiny synthetic record set (needs arcface_torch: ARCFACE_TORCH_ROOT).
+"""tools/train.py end to end with the demo config on a tiny synthetic record set (needs ARCFACE_TORCH_ROOT).
 
 1-process QGFace run with falling loss, verification and summary.json; the ArcFace baseline through
 the same loop; a 2-process torchrun (gloo) run; resume giving the same next-step losses as an
@@ -28,13 +28,13 @@ def data(tmp_path_factory):
 
 
 def _config(tmp_path, data, **extra):
-    body = {"loss": "qgface", "network": "mbf", "embedding_size": 64, "rec": str(data), "num_classes": 8,
-            "num_image": 48, "batch_size": 4, "num_epoch": 2, "warmup_epoch": 0, "lr": 0.1, "num_workers": 0,
-            "frequent": 1, "verbose": 10 ** 9, "qgface_queue_size": 64, "qgface_stats_init": "first_batch",
-            "qgface_threshold": 0.3, "output": str(tmp_path / "out"), **extra}
+    """The demo config (recognition_configs/qgface_demo_cpu.py) scaled down to the tiny data set."""
+    body = {"embedding_size": 64, "rec": str(data), "num_classes": 8, "num_image": 48, "batch_size": 4,
+            "num_epoch": 2, "num_workers": 0, "frequent": 1, "val_targets": [], "qgface_queue_size": 64,
+            "output": str(tmp_path / "out"), **extra}
     path = tmp_path / "cfg.py"
-    path.write_text("from easydict import EasyDict as edict\nconfig = edict()\n" +
-                    "".join(f"config.{k} = {v!r}\n" for k, v in body.items()))
+    path.write_text("from qgface_plugin.config import derive\n"
+                    f"config = derive('qgface_demo_cpu', **{body!r})\n")
     return path
 
 

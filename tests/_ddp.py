@@ -13,24 +13,18 @@ from __future__ import annotations
 import datetime
 import multiprocessing
 import os
-import socket
 import sys
 import time
 import traceback
 
 import torch
 
+from _proc import free_port
+
 #: gloo collective timeout inside the workers (a peer that never arrives raises after this).
 COLLECTIVE_TIMEOUT_S = 30
 #: the parent gives up on the whole group after this (startup + work + a collective timeout).
 JOIN_TIMEOUT_S = 60
-
-
-def free_port() -> int:
-    """A TCP port that was free a moment ago (bound to port 0 and released)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _worker(fn, rank: int, world_size: int, port: int, out_dir: str, args: tuple) -> None:

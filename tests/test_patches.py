@@ -15,8 +15,6 @@ import math
 import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import types
@@ -26,6 +24,7 @@ import pytest
 import torch
 from easydict import EasyDict as edict
 
+from _proc import free_port, run_guarded
 from qgface_plugin import arcface_hooks as hooks
 from qgface_plugin import upstream
 from qgface_plugin.errors import QGFaceConfigError, QGFaceInputError
@@ -261,12 +260,6 @@ def test_patched_lr_scheduler_works_on_this_torch_without_shims(pristine, patche
 
 # --------------------------------------------------------------------------------- train_v2 runs
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _env(threads: int) -> dict:
     env = {k: v for k, v in os.environ.items()
            if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
@@ -275,16 +268,7 @@ def _env(threads: int) -> dict:
 
 
 def _run(cmd, cwd, timeout=240, threads=2) -> subprocess.CompletedProcess:
-    """Run in its own session; on timeout the whole group (torchrun and its workers) is killed."""
-    proc = subprocess.Popen([str(c) for c in cmd], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True, cwd=cwd, env=_env(threads))
-    try:
-        out, _ = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, _ = proc.communicate()
-        pytest.fail(f"{' '.join(map(str, cmd))} ran past {timeout} s:\n{out[-4000:]}")
-    return subprocess.CompletedProcess(cmd, proc.returncode, out, "")
+    return run_guarded(cmd, timeout, cwd=cwd, env=_env(threads))
 
 
 def _config(tmp_path: Path, name: str, records: Path, **keys) -> Path:
@@ -305,7 +289,7 @@ def _train_v2(root: Path, cfg_dir: Path, name: str, cwd: Path, nproc: int = 1, p
                 "train_v2.py", f"configs/{name}"]
     if nproc > 1:
         launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", nproc, "--master_addr",
-                    "127.0.0.1", "--master_port", _free_port(), *launcher[1:]]
+                    "127.0.0.1", "--master_port", free_port(), *launcher[1:]]
     return _run(launcher, cwd, threads=max(1, 2 // nproc))
 
 

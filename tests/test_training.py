@@ -6,13 +6,12 @@ uninterrupted run; clear errors for a world-size change and for bad data.
 """
 import json
 import os
-import socket
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from _proc import free_port, run_guarded
 
 ROOT = Path(__file__).resolve().parents[1]
 UPSTREAM = os.environ.get("ARCFACE_TORCH_ROOT")
@@ -40,15 +39,9 @@ def _config(tmp_path, data, **extra):
 
 def _run(args, timeout=300, torchrun=0):
     env = {**os.environ, "OMP_NUM_THREADS": "1" if torchrun else os.environ.get("OMP_NUM_THREADS", "2")}
-    if torchrun:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={torchrun}",
-               f"--master_port={port}", str(ROOT / "tools" / "train.py"), *map(str, args)]
-    else:
-        cmd = [sys.executable, str(ROOT / "tools" / "train.py"), *map(str, args)]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    launcher = ([sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={torchrun}",
+                 f"--master_port={free_port()}"] if torchrun else [sys.executable])
+    return run_guarded([*launcher, ROOT / "tools" / "train.py", *args], timeout, env=env)
 
 
 def _summary(out):
@@ -62,7 +55,7 @@ def _losses(summary):
 def test_qgface_one_process_learns_and_writes_everything(tmp_path, data):
     cfg = _config(tmp_path, data, num_epoch=3, val_targets=["synthetic_val_hq"])
     r = _run([cfg])
-    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.returncode == 0, r.stdout[-3000:]
     s = _summary(tmp_path / "out")
     losses = _losses(s)
     assert s["steps"] == 36 and len(losses) == 36
@@ -82,14 +75,14 @@ def test_qgface_one_process_learns_and_writes_everything(tmp_path, data):
 
 def test_arcface_baseline_runs_through_the_same_loop(tmp_path, data):
     r = _run([_config(tmp_path, data, loss="arcface", num_epoch=1)])
-    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.returncode == 0, r.stdout[-3000:]
     s = _summary(tmp_path / "out")
     assert s["steps"] == 12 and "loss_con" not in s["final"]
 
 
 def test_two_processes_with_torchrun(tmp_path, data):
     r = _run([_config(tmp_path, data, num_epoch=3)], torchrun=2, timeout=400)
-    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.returncode == 0, r.stdout[-3000:]
     s = _summary(tmp_path / "out")
     assert s["world_size"] == 2 and s["steps"] == 18
     losses = _losses(s)
@@ -103,17 +96,17 @@ def test_two_processes_with_torchrun(tmp_path, data):
         assert torch.equal(q0[key], q1[key]), key
     # a changed world size is a clear error, not a crash
     r = _run([_config(tmp_path, data, num_epoch=4), "--resume"])
-    assert r.returncode == 2 and "world_size=2 but this run has 1" in r.stderr
+    assert r.returncode == 2 and "world_size=2 but this run has 1" in r.stdout
 
 
 def test_resume_continues_with_the_same_losses(tmp_path, data):
     full = _run([_config(tmp_path / "a", data)] if (tmp_path / "a").mkdir() is None else [])
-    assert full.returncode == 0, full.stderr[-3000:]
+    assert full.returncode == 0, full.stdout[-3000:]
     part = _run([_config(tmp_path / "b", data, stop_after_epoch=1)] if (tmp_path / "b").mkdir() is None else [])
-    assert part.returncode == 0, part.stderr[-3000:]
+    assert part.returncode == 0, part.stdout[-3000:]
     assert _summary(tmp_path / "b" / "out")["steps"] == 12
     resumed = _run([_config(tmp_path / "b", data), "--resume"])
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert resumed.returncode == 0, resumed.stdout[-3000:]
     a = _losses(_summary(tmp_path / "a" / "out"))[12:]
     b = _losses(_summary(tmp_path / "b" / "out"))
     assert len(a) == len(b) == 12
@@ -122,16 +115,16 @@ def test_resume_continues_with_the_same_losses(tmp_path, data):
 
 def test_bad_data_stops_before_training(tmp_path, data):
     r = _run([_config(tmp_path, data, num_classes=5)])
-    assert r.returncode == 2 and "property says 8 classes but config.num_classes=5" in r.stderr
+    assert r.returncode == 2 and "property says 8 classes but config.num_classes=5" in r.stdout
     r = _run([_config(tmp_path, data, rec=str(tmp_path / "missing"))])
-    assert r.returncode == 2 and "does not exist" in r.stderr
+    assert r.returncode == 2 and "does not exist" in r.stdout
     r = _run([_config(tmp_path, data, val_targets=["lfw"])])
-    assert r.returncode == 2 and "lfw.bin" in r.stderr
+    assert r.returncode == 2 and "lfw.bin" in r.stdout
 
 
 @pytest.mark.parametrize("loss", ["qgface", "arcface"])
 def test_synthetic_option_trains_with_finite_losses(tmp_path, data, loss):
     r = _run([_config(tmp_path, data, rec="synthetic", num_image=32, num_epoch=1, loss=loss)])
-    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.returncode == 0, r.stdout[-3000:]
     s = _summary(tmp_path / "out")
     assert s["steps"] == 8 and all(h["loss"] == h["loss"] for h in s["history"])  # no NaN

@@ -13,8 +13,6 @@ import math
 import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import types
@@ -25,6 +23,7 @@ import numpy as np
 import pytest
 import torch
 
+from _proc import free_port, run_guarded
 from qgface_plugin import upstream
 from qgface_plugin.errors import QGFaceConfigError
 
@@ -35,12 +34,6 @@ needs_upstream = pytest.mark.skipif(
     reason=f"{upstream.ENV_VAR} not set: point it at insightface's {upstream.ARCFACE_SUBDIR} at commit "
            f"{upstream.PINNED_COMMIT[:12]} (python tools/fetch_arcface_torch.py prints one)")
 needs_git = pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _tool(name):
@@ -55,19 +48,6 @@ def _clean_env(**extra) -> dict:
            if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
     env.update(extra)
     return env
-
-
-def _run_guarded(cmd, timeout, **kwargs) -> subprocess.CompletedProcess:
-    """subprocess.run in its own session; on timeout the whole group (torchrun and its workers) is killed."""
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True, **kwargs)
-    try:
-        out, _ = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, _ = proc.communicate()
-        pytest.fail(f"{' '.join(map(str, cmd))} ran past {timeout} s:\n{out[-4000:]}")
-    return subprocess.CompletedProcess(cmd, proc.returncode, out, "")
 
 
 # ------------------------------------------------------------------------------------ find_root
@@ -515,7 +495,7 @@ def _gloo_group():
     import torch.distributed as dist
     if dist.is_initialized():
         pytest.skip("a process group is already initialised in this process")
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1,
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1,
                             timeout=datetime.timedelta(seconds=60))
     return dist
 
@@ -611,7 +591,7 @@ def test_run_upstream_train_v2_one_process(tmp_path):
     cfg_dir = _train_config(tmp_path, "qg_smoke_1", tmp_path / "rec", n)
     cmd = [sys.executable, str(ROOT / "tools" / "run_upstream.py"), "--root", UPSTREAM_ENV,
            "--config-dir", str(cfg_dir), "train_v2.py", "configs/qg_smoke_1"]
-    proc = _run_guarded(cmd, timeout=150, env=_clean_env(OMP_NUM_THREADS="2"), cwd=tmp_path)
+    proc = run_guarded(cmd, timeout=150, env=_clean_env(OMP_NUM_THREADS="2"), cwd=tmp_path)
     losses = _check_training_output(tmp_path, proc, steps_logged=n // 4 - 1)  # logging starts at step 2
     # seeded run (cfg.seed): the per-step loss is noisy at batch 4 but falls on this separable toy set
     assert np.mean(losses[-3:]) < losses[0], losses
@@ -622,7 +602,7 @@ def test_run_upstream_train_v2_two_processes_with_torchrun(tmp_path):
     n = _write_rec(tmp_path / "rec")
     cfg_dir = _train_config(tmp_path, "qg_smoke_2", tmp_path / "rec", n)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(_free_port()), str(ROOT / "tools" / "run_upstream.py"), "--root", UPSTREAM_ENV,
+           "--master_port", str(free_port()), str(ROOT / "tools" / "run_upstream.py"), "--root", UPSTREAM_ENV,
            "--config-dir", str(cfg_dir), "train_v2.py", "configs/qg_smoke_2"]
-    proc = _run_guarded(cmd, timeout=200, env=_clean_env(OMP_NUM_THREADS="1"), cwd=tmp_path)
+    proc = run_guarded(cmd, timeout=200, env=_clean_env(OMP_NUM_THREADS="1"), cwd=tmp_path)
     _check_training_output(tmp_path, proc, steps_logged=n // 8 - 1)

@@ -329,7 +329,7 @@ def train(cfg, root: str | None = None) -> dict:
         writer = SummaryWriter(str(output / "tensorboard"))
 
     pfc_guard = upstream_mod.partial_fc_cpu_shim if device.type != "cuda" else contextlib.nullcontext
-    last, history, val_results = {}, [], {}
+    last, history, val_results, stats = {}, [], {}, None
     t_start = time.time()
     t_window, samples_window = time.time(), 0
     rates = []
@@ -367,8 +367,8 @@ def train(cfg, root: str | None = None) -> dict:
             sched.step()
             step += 1
             samples_window += cfg.batch_size * world
-            last = {k: float(v) for k, v in stats.items()}
             if rank == 0 and (step % cfg.frequent == 0 or step == total_step):
+                last = {k: float(v) for k, v in stats.items()}  # device syncs only when logging
                 now = time.time()
                 rate = samples_window / max(now - t_window, 1e-9)
                 if step > cfg.frequent:  # the first window includes start-up
@@ -396,6 +396,8 @@ def train(cfg, root: str | None = None) -> dict:
         if rank == 0:
             _atomic_save(backbone.module.state_dict(), output / "model.pt")
         dist.barrier()
+    if stats is not None:
+        last = {k: float(v) for k, v in stats.items()}
     if val_sets and step % cfg.verbose != 0:
         val_results = _verify_and_log(val_sets, ns, backbone, device, writer, step)
     summary = {

@@ -196,6 +196,10 @@ def pristine(tmp_path_factory) -> Path:
         pytest.skip(f"{upstream.ENV_VAR} not set")
     dest = tmp_path_factory.mktemp("pristine") / "arcface_torch"
     shutil.copytree(upstream.find_root(UPSTREAM_ENV), dest, ignore=shutil.ignore_patterns("__pycache__"))
+    for patch in reversed(PATCHES):  # a copy from tools/fetch_arcface_torch.py is already patched: undo
+        if _git_apply(dest, patch, "--check").returncode != 0 and \
+                _git_apply(dest, patch, "--check", "--reverse").returncode == 0:
+            assert _git_apply(dest, patch, "--reverse").returncode == 0, patch.name
     return dest
 
 

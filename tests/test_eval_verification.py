@@ -1,0 +1,314 @@
+"""qgface_plugin.eval (features + .bin verification protocol) and tools/eval_verification.py."""
+import json
+import os
+import pickle
+import shutil
+import sys
+import warnings
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from qgface_plugin.errors import QGFaceInputError
+from qgface_plugin.eval import FeatureExtractor, evaluate, evaluate_bin, load_bin, lowres_variant
+from qgface_plugin.eval.features import preprocess
+from qgface_plugin.eval.verification import fold_indices
+from qgface_plugin.synthetic import make_dataset, write_verification_bin
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tools"))
+import eval_verification as tool  # noqa: E402
+
+
+# ------------------------------------------------------------------------------------------- helpers
+def _unit(angle):
+    return np.array([np.cos(angle), np.sin(angle)])
+
+
+def _pairs_from_angles(angles):
+    """Features [2P, 2] whose pair i subtends angles[i] (squared L2 distance 2 - 2 cos)."""
+    rows = []
+    for a in angles:
+        rows += [_unit(0.3) * 5.0, _unit(0.3 + a) * 2.0]  # norms differ: evaluate must normalise
+    return np.stack(rows)
+
+
+class TinyCNN(torch.nn.Module):
+    def __init__(self, dim=8):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = torch.nn.Conv2d(3, 4, 3, stride=4)
+        self.pool = torch.nn.AdaptiveAvgPool2d(2)
+        self.fc = torch.nn.Linear(16, dim)
+
+    def forward(self, x):
+        return self.fc(torch.flatten(self.pool(torch.relu(self.conv(x))), 1))
+
+
+def _rand_images(n, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (n, 112, 112, 3), dtype=np.uint8)
+
+
+@pytest.fixture(scope="module")
+def onnx_model(tmp_path_factory):
+    path = tmp_path_factory.mktemp("onnx") / "tiny.onnx"
+    net = TinyCNN().eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # the legacy exporter warns; dynamo=False is asked for
+        torch.onnx.export(net, torch.zeros(2, 3, 112, 112), str(path), dynamo=False, input_names=["data"],
+                          output_names=["feat"], dynamic_axes={"data": {0: "batch"}, "feat": {0: "batch"}})
+    return path
+
+
+# ------------------------------------------------------------------------------------------ evaluate
+def test_fold_indices_match_sklearn_kfold():
+    from sklearn.model_selection import KFold
+    for n in (20, 103, 6000):
+        ours = fold_indices(n, 10)
+        ref = [test for _, test in KFold(n_splits=10, shuffle=False).split(np.arange(n))]
+        assert all(np.array_equal(a, b) for a, b in zip(ours, ref))
+
+
+def test_evaluate_separable_pairs_is_perfect_at_the_first_separating_threshold():
+    # same pairs at distance 0.5 or 1.0 (cos 0.75 / 0.5), different pairs at 1.5 (cos 0.25)
+    same = [np.arccos(0.75), np.arccos(0.5)]
+    angles, issame = [], []
+    for i in range(50):
+        angles += [same[i % 2], np.arccos(0.25)]
+        issame += [True, False]
+    r = evaluate(_pairs_from_angles(angles), issame)
+    assert r["accuracy"] == 1.0 and r["std"] == 0.0 and r["pairs"] == 100
+    # first threshold t with 1.0 < t is 1.01 (the same pair at distance 1.0 needs dist < t)
+    assert r["fold_threshold"] == pytest.approx([1.01] * 10)
+    assert r["threshold"] == pytest.approx(1.01)
+
+
+def test_evaluate_known_errors_per_fold():
+    # 100 pairs -> 10 folds of 10. Same pairs: distance 0; different pairs: distance 2, except that
+    # fold k holds k % 4 "impostor twins" (different pairs at distance 0) that no threshold can separate
+    # from the same pairs. Every training split then prefers t = 0.01 (accept dist 0), so fold k loses
+    # exactly its k % 4 twins.
+    angles, issame = [], []
+    for k in range(10):
+        for j in range(10):
+            same = j % 2 == 0
+            twin = (not same) and (j // 2) < (k % 4)
+            angles.append(0.0 if same or twin else np.pi / 2)
+            issame.append(same)
+    r = evaluate(_pairs_from_angles(angles), issame)
+    expected = np.array([1 - (k % 4) / 10 for k in range(10)])
+    assert r["fold_accuracy"] == pytest.approx(list(expected))
+    assert r["accuracy"] == pytest.approx(expected.mean())
+    assert r["std"] == pytest.approx(expected.std())
+    assert r["threshold"] == pytest.approx(0.01)
+
+
+def test_evaluate_rejects_bad_shapes():
+    with pytest.raises(QGFaceInputError, match="pairs"):
+        evaluate(np.zeros((10, 4)), [True] * 4)
+    with pytest.raises(QGFaceInputError, match="NaN"):
+        evaluate(np.full((40, 4), np.nan), [True, False] * 10)
+
+
+@pytest.mark.skipif(not os.environ.get("ARCFACE_TORCH_ROOT"), reason="ARCFACE_TORCH_ROOT not set")
+def test_evaluate_matches_upstream_verification():
+    from qgface_plugin import upstream
+    ver = upstream.load().verification
+    rng = np.random.default_rng(1)
+    for n_pairs, signal in ((200, 0.8), (203, 1.5), (600, 0.5)):
+        issame = np.array([i % 2 == 0 for i in range(n_pairs)])
+        base = rng.normal(size=(n_pairs, 16))
+        other = rng.normal(size=(n_pairs, 16))
+        second = np.where(issame[:, None], base + rng.normal(size=base.shape) / signal, other)
+        feats = np.empty((2 * n_pairs, 16))
+        feats[0::2], feats[1::2] = base, second
+        ours = evaluate(feats, issame)
+        unit = feats / np.linalg.norm(feats, axis=1, keepdims=True)  # upstream's test() normalises first
+        _, _, acc, _, _, _ = ver.evaluate(unit, issame, nrof_folds=10)
+        assert ours["fold_accuracy"] == pytest.approx(list(acc), abs=1e-12)
+        assert ours["accuracy"] == pytest.approx(float(np.mean(acc)), abs=1e-12)
+        assert ours["std"] == pytest.approx(float(np.std(acc)), abs=1e-12)
+        assert 0.5 < ours["accuracy"] < 1.0  # a non-trivial case
+
+
+# ------------------------------------------------------------------------------------------ load_bin
+def _png_bin(path, images_rgb, issame):
+    bins = [cv2.imencode(".png", cv2.cvtColor(im, cv2.COLOR_RGB2BGR))[1].tobytes() for im in images_rgb]
+    with open(path, "wb") as f:
+        pickle.dump((bins, list(issame)), f)
+
+
+def test_load_bin_round_trip_png_exact_and_rgb_order(tmp_path):
+    imgs = _rand_images(6)
+    imgs[0] = 0
+    imgs[0, ..., 0] = 255  # pure red in RGB
+    _png_bin(tmp_path / "a.bin", imgs, [True, False, True])
+    got, issame = load_bin(tmp_path / "a.bin")
+    assert got.dtype == np.uint8 and got.shape == (6, 112, 112, 3)
+    assert np.array_equal(got, imgs)
+    assert issame.tolist() == [True, False, True]
+
+
+def test_load_bin_round_trip_synthetic_writer_jpeg(tmp_path):
+    imgs = np.zeros((4, 112, 112, 3), np.uint8)
+    imgs[..., 0] = 200
+    imgs[..., 2] = 30
+    imgs[1, 40:70, 40:70] = (20, 220, 90)
+    write_verification_bin(tmp_path / "b.bin", list(imgs), [True, False])
+    got, issame = load_bin(tmp_path / "b.bin")
+    assert issame.tolist() == [True, False]
+    assert np.abs(got.astype(int) - imgs.astype(int)).mean() < 3.0  # JPEG, but RGB order kept
+
+
+def test_load_bin_resizes_other_sizes(tmp_path):
+    small = [np.full((56, 56, 3), 128, np.uint8)] * 2
+    _png_bin(tmp_path / "s.bin", small, [True])
+    got, _ = load_bin(tmp_path / "s.bin")
+    assert got.shape == (2, 112, 112, 3) and np.all(got == 128)
+
+
+def test_load_bin_errors_name_the_file(tmp_path):
+    with pytest.raises(QGFaceInputError, match="missing.bin.*not found"):
+        load_bin(tmp_path / "missing.bin")
+    (tmp_path / "junk.bin").write_bytes(b"this is not a pickle")
+    with pytest.raises(QGFaceInputError, match="junk.bin.*not a verification"):
+        load_bin(tmp_path / "junk.bin")
+    good = cv2.imencode(".png", np.zeros((112, 112, 3), np.uint8))[1].tobytes()
+    with open(tmp_path / "odd.bin", "wb") as f:
+        pickle.dump(([good] * 3, [True]), f)
+    with pytest.raises(QGFaceInputError, match="odd.bin.*odd number of images"):
+        load_bin(tmp_path / "odd.bin")
+    with open(tmp_path / "mismatch.bin", "wb") as f:
+        pickle.dump(([good] * 4, [True]), f)
+    with pytest.raises(QGFaceInputError, match="mismatch.bin.*4 images but 1 issame"):
+        load_bin(tmp_path / "mismatch.bin")
+    with open(tmp_path / "bad.bin", "wb") as f:
+        pickle.dump(([good, good, good, b"\xff\xd8 garbage"], [True, False]), f)
+    with pytest.raises(QGFaceInputError, match=r"bad.bin: image 3 \(pair 1\) cannot be decoded"):
+        load_bin(tmp_path / "bad.bin")
+
+
+def test_lowres_variant_degrades_only_first_images():
+    imgs = _rand_images(4)
+    lr = lowres_variant(imgs, 8)
+    assert lr.shape == imgs.shape and lr.dtype == np.uint8
+    assert np.array_equal(lr[1::2], imgs[1::2])
+    expect = cv2.resize(cv2.resize(imgs[2], (8, 8), interpolation=cv2.INTER_AREA), (112, 112),
+                        interpolation=cv2.INTER_LINEAR)
+    assert np.array_equal(lr[2], expect)
+    assert not np.array_equal(lr[0], imgs[0])
+
+
+# ---------------------------------------------------------------------------------- FeatureExtractor
+def test_feature_extractor_flip_modes_and_norms():
+    net = TinyCNN().eval()
+    imgs = _rand_images(5, seed=3)
+    x = torch.from_numpy(preprocess(imgs))
+    assert torch.allclose(x[0, :, 0, 0], (torch.from_numpy(imgs[0, 0, 0]).float() / 255 - 0.5) / 0.5)
+    with torch.no_grad():
+        f, g = net(x).numpy(), net(torch.flip(x, dims=[3])).numpy()
+    assert not np.allclose(f, g)  # the tiny CNN is not flip invariant
+    out = FeatureExtractor(net, batch_size=2, flip="sum")(imgs)
+    np.testing.assert_allclose(out["features"], f + g, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(out["norms"], np.linalg.norm(f, axis=1), rtol=1e-5)
+    nw = FeatureExtractor(net, batch_size=3, flip="norm_weighted")(imgs)
+    np.testing.assert_allclose(nw["features"], out["features"], rtol=1e-5, atol=1e-6)  # same maths
+    none = FeatureExtractor(net, flip="none")(imgs)
+    np.testing.assert_allclose(none["features"], f, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(none["norms"], out["norms"], rtol=1e-5)
+    with pytest.raises(QGFaceInputError, match="flip"):
+        FeatureExtractor(net, flip="concat")
+    with pytest.raises(QGFaceInputError, match="uint8"):
+        FeatureExtractor(net)(imgs.astype(np.float32))
+
+
+def test_feature_extractor_onnx_matches_torch(onnx_model, capsys):
+    imgs = _rand_images(7, seed=4)
+    ref = FeatureExtractor(TinyCNN(), batch_size=3)(imgs)
+    got = FeatureExtractor(onnx_model, batch_size=3)(imgs, progress=True)
+    np.testing.assert_allclose(got["features"], ref["features"], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(got["norms"], ref["norms"], rtol=1e-4)
+    assert "7/7" in capsys.readouterr().err
+    with pytest.raises(QGFaceInputError, match="nope.onnx"):
+        FeatureExtractor(onnx_model.parent / "nope.onnx")
+
+
+# ------------------------------------------------------------------------------------------- the tool
+@pytest.fixture(scope="module")
+def bin_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("synth")
+    make_dataset(d, num_identities=4, images_per_identity=2, num_val_identities=8, val_pairs=40)
+    data = d / "bins"
+    data.mkdir()
+    shutil.copy(d / "synthetic_val.bin", data / "lfw.bin")
+    return data
+
+
+def test_evaluate_bin_variants(bin_dir, onnx_model):
+    rows = evaluate_bin(FeatureExtractor(onnx_model), bin_dir / "lfw.bin", lowres_sizes=(8, 16))
+    assert list(rows) == ["original", "lr8", "lr16"]
+    for name, row in rows.items():
+        assert 0.0 <= row["accuracy"] <= 1.0 and row["pairs"] == 40 and row["norm_mean"] > 0
+    assert rows["lr8"]["lowres_size"] == 8 and rows["original"]["lowres_size"] is None
+    # the second images are unchanged, so only first-image norms move
+    assert rows["lr8"]["norm_mean_first"] != rows["original"]["norm_mean_first"]
+    images, issame = load_bin(bin_dir / "lfw.bin")
+    direct = FeatureExtractor(onnx_model)(lowres_variant(images, 8))
+    assert evaluate(direct["features"], issame)["accuracy"] == pytest.approx(rows["lr8"]["accuracy"])
+
+
+def test_tool_end_to_end_onnx(bin_dir, onnx_model, tmp_path, capsys):
+    out = tmp_path / "out"
+    rc = tool.main(["--model", str(onnx_model), "--data", str(bin_dir), "--output", str(out),
+                    "--lowres", "8", "12", "16", "20", "--batch-size", "16"])
+    assert rc == 0
+    report = json.loads((out / "verification.json").read_text())
+    assert list(report["results"]) == ["lfw"]
+    assert list(report["results"]["lfw"]) == ["original", "lr8", "lr12", "lr16", "lr20"]
+    for row in report["results"]["lfw"].values():
+        assert {"accuracy", "std", "norm_mean"} <= set(row)
+    md = (out / "verification.md").read_text()
+    assert "| lfw |" in md and "lr20" in md and "±" in md
+    assert "| lfw |" in capsys.readouterr().out
+
+
+def test_tool_errors(bin_dir, onnx_model, tmp_path, capsys):
+    args = ["--model", str(onnx_model), "--output", str(tmp_path / "o")]
+    assert tool.main(args + ["--data", str(bin_dir), "--targets", "lfw", "cplfw"]) == 2
+    assert "cplfw.bin" in capsys.readouterr().err
+    assert tool.main(args + ["--data", str(tmp_path)]) == 2
+    assert "lfw.bin" in capsys.readouterr().err
+    assert tool.main(["--model", str(tmp_path / "m.pt"), "--data", str(bin_dir), "--output", str(tmp_path)]) == 2
+
+
+@pytest.mark.skipif(not os.environ.get("ARCFACE_TORCH_ROOT"), reason="ARCFACE_TORCH_ROOT not set")
+def test_tool_pt_model_with_upstream_backbone(bin_dir, tmp_path):
+    from qgface_plugin import upstream
+    net = upstream.load().get_model("r18", dropout=0.0, fp16=False, num_features=32)
+    torch.save({"module." + k: v for k, v in net.state_dict().items()}, tmp_path / "model.pt")
+    out = tmp_path / "out"
+    rc = tool.main(["--network", "r18", "--model", str(tmp_path / "model.pt"), "--data", str(bin_dir),
+                    "--output", str(out), "--batch-size", "40", "--flip", "none"])
+    assert rc == 0
+    report = json.loads((out / "verification.json").read_text())
+    assert report["model_info"]["embedding_size"] == 32
+
+
+@pytest.mark.skipif(not os.environ.get("ARCFACE_TORCH_ROOT"), reason="ARCFACE_TORCH_ROOT not set")
+def test_whole_pipeline_matches_upstream_test(bin_dir):
+    """Our load_bin + FeatureExtractor(flip="sum") + evaluate == upstream verification.test on the same data."""
+    from qgface_plugin import upstream
+    ver = upstream.load().verification
+    images, issame = load_bin(bin_dir / "lfw.bin")
+    net = TinyCNN().eval()
+    x = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2))).float()  # upstream: 0-255 NCHW RGB
+    with torch.no_grad():
+        _, _, acc2, std2, _, emb_list = ver.test(([x, torch.flip(x, dims=[3])], issame.tolist()), net, 10, 10)
+    ours = evaluate_bin(FeatureExtractor(net, batch_size=16), bin_dir / "lfw.bin")["original"]
+    assert ours["accuracy"] == pytest.approx(acc2, abs=1e-12)
+    assert ours["std"] == pytest.approx(std2, abs=1e-12)
+    # our norm_mean is over the non-flipped view only (upstream's XNorm averages both views)
+    assert ours["norm_mean"] == pytest.approx(np.linalg.norm(emb_list[0], axis=1).mean(), rel=1e-5)

@@ -1,0 +1,127 @@
+"""Verification accuracy (insightface 10-fold protocol) on LFW-style ``.bin`` sets, with low-resolution variants.
+
+    python tools/eval_verification.py --network r50 --model model.pt --data DIR --output out/ \
+        [--targets lfw cfp_fp agedb_30 calfw cplfw] [--lowres 8 12 16 20] [--flip sum|norm_weighted|none] \
+        [--batch-size 64] [--arcface-root PATH]
+
+``--model`` is an arcface_torch ``model.pt`` (a backbone state dict, ``module.`` prefixes stripped, or a
+checkpoint dict with ``state_dict_backbone``; the backbone is built with upstream's ``get_model``) or
+an ``.onnx`` file (then ``--network`` is not needed). A low-resolution variant ``lrS`` downsamples the
+first image of every pair to S px and back to 112 (see ``qgface_plugin.eval.verification``).
+
+Writes ``<output>/verification.json`` (per target and variant: accuracy and std as fractions, mean
+threshold, mean raw feature norm) and ``<output>/verification.md`` (accuracy mean +- std in percent),
+and prints the table.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from qgface_plugin.errors import QGFaceConfigError, QGFaceInputError
+from qgface_plugin.eval.features import FLIP_MODES, FeatureExtractor
+from qgface_plugin.eval.verification import evaluate_bin
+
+TARGETS = ("lfw", "cfp_fp", "agedb_30", "calfw", "cplfw")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--network", default=None, help="upstream backbone name (r18/r50/r100/mbf/...); for .pt models")
+    p.add_argument("--model", required=True, help="model.pt (state dict / checkpoint) or .onnx file")
+    p.add_argument("--data", required=True, help="folder holding <target>.bin files")
+    p.add_argument("--output", required=True, help="output folder")
+    p.add_argument("--targets", nargs="+", default=None,
+                   help=f"bin names without .bin (default: those of {' '.join(TARGETS)} present)")
+    p.add_argument("--lowres", nargs="*", type=int, default=[], help="low-res sizes in px, e.g. 8 12 16 20")
+    p.add_argument("--flip", choices=FLIP_MODES, default="sum")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--fp16", action="store_true")
+    p.add_argument("--nfolds", type=int, default=10)
+    p.add_argument("--arcface-root", default=None, help="arcface_torch folder (default: ARCFACE_TORCH_ROOT, ...)")
+    p.add_argument("--progress", action="store_true")
+    return p.parse_args(argv)
+
+
+def build_model(args):
+    """An ``.onnx`` path as it is, or the backbone of a ``.pt`` (``qgface_plugin.export.load_backbone``)."""
+    model_path = Path(args.model)
+    if not model_path.is_file():
+        raise QGFaceInputError(f"{model_path}: model file not found")
+    if model_path.suffix.lower() == ".onnx":
+        return str(model_path), {"kind": "onnx"}
+    if not args.network:
+        raise QGFaceConfigError("--network is required for a .pt model (e.g. --network r50)")
+    from qgface_plugin.export import infer_embedding_size, load_backbone
+    net = load_backbone(args.network, model_path, root=args.arcface_root)
+    return net, {"kind": "torch", "network": args.network, "embedding_size": infer_embedding_size(net.state_dict())}
+
+
+def resolve_targets(data: Path, targets):
+    if not data.is_dir():
+        raise QGFaceInputError(f"{data}: --data folder not found")
+    if targets is None:
+        found = [t for t in TARGETS if (data / f"{t}.bin").is_file()]
+        if not found:
+            raise QGFaceInputError(f"{data}: none of {', '.join(t + '.bin' for t in TARGETS)} found")
+        return found
+    missing = [t for t in targets if not (data / f"{t}.bin").is_file()]
+    if missing:
+        raise QGFaceInputError(f"{data}: requested target(s) missing: {', '.join(m + '.bin' for m in missing)}")
+    return list(targets)
+
+
+def markdown(results: dict, flip: str, nfolds: int = 10) -> str:
+    variants = []
+    for rows in results.values():
+        variants += [v for v in rows if v not in variants]
+    lines = [f"Verification accuracy, % (mean ± std over {nfolds} folds; flip fusion: {flip})", "",
+             "| target | " + " | ".join(variants) + " |", "|---" * (len(variants) + 1) + "|"]
+    for t, rows in results.items():
+        cells = [f"{100 * rows[v]['accuracy']:.2f} ± {100 * rows[v]['std']:.2f}" if v in rows else "-"
+                 for v in variants]
+        lines.append(f"| {t} | " + " | ".join(cells) + " |")
+    lines += ["", "Mean raw feature norm (all images of the variant)", "",
+              "| target | " + " | ".join(variants) + " |", "|---" * (len(variants) + 1) + "|"]
+    for t, rows in results.items():
+        cells = [f"{rows[v]['norm_mean']:.3f}" if v in rows else "-" for v in variants]
+        lines.append(f"| {t} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        data = Path(args.data)
+        targets = resolve_targets(data, args.targets)
+        model, info = build_model(args)
+        extractor = FeatureExtractor(model, device=args.device, batch_size=args.batch_size, fp16=args.fp16,
+                                     flip=args.flip)
+        results, seconds = {}, {}
+        for t in targets:
+            t0 = time.time()
+            results[t] = evaluate_bin(extractor, data / f"{t}.bin", lowres_sizes=args.lowres, nfolds=args.nfolds,
+                                      progress=args.progress)
+            seconds[t] = round(time.time() - t0, 3)
+    except (QGFaceInputError, QGFaceConfigError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    report = {"model": str(args.model), "model_info": info, "flip": args.flip, "nfolds": args.nfolds,
+              "lowres_sizes": list(args.lowres), "units": {"accuracy": "fraction", "std": "fraction",
+                                                            "threshold": "squared L2 distance of unit features"},
+              "seconds": seconds, "results": results}
+    (out / "verification.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    md = markdown(results, args.flip, args.nfolds)
+    (out / "verification.md").write_text(md, encoding="utf-8")
+    print(md, end="")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from qgface_plugin.errors import QGFaceConfigError, QGFaceInputError
-from qgface_plugin.eval.features import FLIP_MODES, FeatureExtractor
+from qgface_plugin.eval.features import FLIP_MODES, FeatureExtractor, load_model
 from qgface_plugin.eval.verification import evaluate_bin
 
 TARGETS = ("lfw", "cfp_fp", "agedb_30", "calfw", "cplfw")
@@ -45,20 +45,6 @@ def parse_args(argv=None):
     p.add_argument("--arcface-root", default=None, help="arcface_torch folder (default: ARCFACE_TORCH_ROOT, ...)")
     p.add_argument("--progress", action="store_true")
     return p.parse_args(argv)
-
-
-def build_model(args):
-    """An ``.onnx`` path as it is, or the backbone of a ``.pt`` (``qgface_plugin.export.load_backbone``)."""
-    model_path = Path(args.model)
-    if not model_path.is_file():
-        raise QGFaceInputError(f"{model_path}: model file not found")
-    if model_path.suffix.lower() == ".onnx":
-        return str(model_path), {"kind": "onnx"}
-    if not args.network:
-        raise QGFaceConfigError("--network is required for a .pt model (e.g. --network r50)")
-    from qgface_plugin.export import infer_embedding_size, load_backbone
-    net = load_backbone(args.network, model_path, root=args.arcface_root)
-    return net, {"kind": "torch", "network": args.network, "embedding_size": infer_embedding_size(net.state_dict())}
 
 
 def resolve_targets(data: Path, targets):
@@ -98,7 +84,7 @@ def main(argv=None) -> int:
     try:
         data = Path(args.data)
         targets = resolve_targets(data, args.targets)
-        model, info = build_model(args)
+        model, info = load_model(args.model, args.network, args.arcface_root)
         extractor = FeatureExtractor(model, device=args.device, batch_size=args.batch_size, fp16=args.fp16,
                                      flip=args.flip)
         results, seconds = {}, {}

@@ -147,3 +147,24 @@ class FeatureExtractor:
         if not feats:
             return {"features": np.zeros((0, 0), np.float32), "norms": np.zeros((0,), np.float32)}
         return {"features": np.concatenate(feats), "norms": np.concatenate(norms)}
+
+
+def load_model(model_path, network=None, root=None):
+    """What a :class:`FeatureExtractor` takes, from an evaluator's ``--model``/``--network`` flags.
+
+    Returns ``(model, info)``: an ``.onnx`` path as it is, or the backbone of a ``.pt`` (``model.pt``
+    or a training checkpoint) built with arcface_torch's ``get_model`` (:func:`qgface_plugin.export.load_backbone`).
+    """
+    from pathlib import Path
+
+    from ..errors import QGFaceConfigError, QGFaceInputError
+    model_path = Path(model_path)
+    if not model_path.is_file():
+        raise QGFaceInputError(f"{model_path}: model file not found")
+    if model_path.suffix.lower() == ".onnx":
+        return str(model_path), {"kind": "onnx"}
+    if not network:
+        raise QGFaceConfigError("--network is required for a .pt model (e.g. --network r50)")
+    from ..export import infer_embedding_size, load_backbone
+    net = load_backbone(network, model_path, root=root)
+    return net, {"kind": "torch", "network": network, "embedding_size": infer_embedding_size(net.state_dict())}

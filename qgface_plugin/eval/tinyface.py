@@ -1,0 +1,231 @@
+"""TinyFace closed-set identification (CMC rank-1/5/20), with a feature-norm quality view.
+
+Protocol (as the TinyFace benchmark is reported by AdaFace / QGFace / CVLFace):
+
+* **Probes** = every image in ``Probe/``.
+* **Gallery** = every image in ``Gallery_Match/`` **plus every image in** ``Gallery_Distractor/``.
+  Distractors carry no identity: they get the label ``-1`` here (AdaFace uses ``-100``) and can never be
+  a correct match, but they do take rank positions away from the correct match.
+* **Identity** = the integer before the first ``"_"`` of the file name (``12_3.jpg`` -> 12). Probe and
+  gallery-match files must have one; distractor names are not parsed.
+* **Score** = cosine similarity, i.e. the inner product of the L2-normalised fused features (the flip
+  fusion is the :class:`~qgface_plugin.eval.features.FeatureExtractor`'s).
+* **Metric** = closed-set CMC: rank-k is the fraction of probes whose identity appears among the k
+  highest-scoring gallery images. Every probe identity must be present in ``Gallery_Match``.
+* **Tie rule** (pessimistic): a probe's rank is ``1 +`` the number of *non-matching* gallery images
+  (other identities and distractors) whose score is ``>=`` the best score of a correct gallery image. A
+  probe is therefore correct at rank k iff its best correct match scores strictly higher than all but
+  fewer than k of the non-matching gallery images; a non-matching image tied with it counts as ahead.
+
+Data layout: AdaFace's aligned copy ``<data>/{Probe,Gallery_Match,Gallery_Distractor}/*.jpg`` (aligned,
+112x112; other sizes are resized to 112). :func:`resolve_root` also looks in
+``<data>/aligned_pad_0.1_pad_high/``, ``<data>/tinyface/Testing_Set/`` and any other direct sub-folder
+of ``<data>``, and reports the root it used.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import QGFaceInputError
+
+__all__ = ["FOLDERS", "IMAGE_EXTS", "resolve_root", "list_tinyface", "probe_ranks", "cmc", "quality_bins",
+           "load_images", "evaluate_tinyface"]
+
+FOLDERS = ("Probe", "Gallery_Match", "Gallery_Distractor")
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp")
+DISTRACTOR_ID = -1
+SCORE = "cosine similarity (inner product of L2-normalised fused features)"
+TIE_RULE = ("pessimistic: rank = 1 + number of non-matching gallery images scoring >= the best correct "
+            "gallery image")
+
+
+# ------------------------------------------------------------------------------------------- listing
+def resolve_root(data) -> Path:
+    """The folder holding ``Probe/``, ``Gallery_Match/`` and ``Gallery_Distractor/``.
+
+    Tried in order: ``data``, ``data/aligned_pad_0.1_pad_high``, ``data/tinyface/Testing_Set``, then the
+    other direct sub-folders of ``data`` (sorted). The first one holding all three folders wins; failing
+    that, the first holding any of them (so that :func:`list_tinyface` names the missing one).
+    """
+    data = Path(data)
+    if not data.is_dir():
+        raise QGFaceInputError(f"{data}: TinyFace data folder not found")
+    cands = [data, data / "aligned_pad_0.1_pad_high", data / "tinyface" / "Testing_Set"]
+    cands += [p for p in sorted(data.iterdir()) if p.is_dir() and p not in cands]
+    for c in cands:
+        if all((c / f).is_dir() for f in FOLDERS):
+            return c
+    for c in cands:
+        if any((c / f).is_dir() for f in FOLDERS):
+            return c
+    raise QGFaceInputError(f"{data}: no {'/'.join(FOLDERS)} folders found in it or one level below "
+                           f"(expected e.g. {data}/Probe/*.jpg)")
+
+
+def _images(folder: Path) -> list:
+    if not folder.is_dir():
+        raise QGFaceInputError(f"{folder}: TinyFace folder not found")
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTS)
+    if not files:
+        raise QGFaceInputError(f"{folder}: TinyFace folder holds no images ({', '.join(IMAGE_EXTS)})")
+    return files
+
+
+def _identity(path: Path) -> int:
+    prefix, sep, _ = path.stem.partition("_")
+    if not sep or not prefix:
+        raise QGFaceInputError(f"{path}: file name has no '<identity>_' prefix (expected e.g. 12_3.jpg)")
+    try:
+        ident = int(prefix)
+    except ValueError:
+        raise QGFaceInputError(f"{path}: identity prefix {prefix!r} is not an integer") from None
+    if ident < 0:
+        raise QGFaceInputError(f"{path}: identity prefix {prefix!r} is negative")
+    return ident
+
+
+def list_tinyface(root) -> dict:
+    """List the TinyFace test split under ``root`` (resolved with :func:`resolve_root`).
+
+    Returns:
+        ``{"root": Path used, "probe_paths", "probe_ids" (int64), "gallery_paths" (Gallery_Match then
+        Gallery_Distractor), "gallery_ids" (int64; distractors = -1), "n_match", "n_distractor"}``.
+    """
+    root = resolve_root(root)
+    probes = _images(root / "Probe")
+    match = _images(root / "Gallery_Match")
+    distractors = _images(root / "Gallery_Distractor")
+    probe_ids = np.array([_identity(p) for p in probes], dtype=np.int64)
+    match_ids = [_identity(p) for p in match]
+    gallery_ids = np.array(match_ids + [DISTRACTOR_ID] * len(distractors), dtype=np.int64)
+    return {"root": root, "probe_paths": probes, "probe_ids": probe_ids, "gallery_paths": match + distractors,
+            "gallery_ids": gallery_ids, "n_match": len(match), "n_distractor": len(distractors)}
+
+
+# ------------------------------------------------------------------------------------------- metrics
+def _l2n(x) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32)
+    if x.ndim != 2:
+        raise QGFaceInputError(f"features must be [N, D], got shape {x.shape}")
+    if not np.isfinite(x).all():
+        raise QGFaceInputError("features contain non-finite values")
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def probe_ranks(probe_feats, probe_ids, gallery_feats, gallery_ids, chunk=256) -> np.ndarray:
+    """Per-probe rank (1 = best) of the best correct gallery image, with the module's tie rule.
+
+    Gallery images with a negative id are distractors. Scores are computed ``chunk`` probes at a time,
+    so memory is ``chunk x len(gallery)``.
+    """
+    p, g = _l2n(probe_feats), _l2n(gallery_feats)
+    pid = np.asarray(probe_ids, dtype=np.int64).reshape(-1)
+    gid = np.asarray(gallery_ids, dtype=np.int64).reshape(-1)
+    if len(p) != len(pid) or len(g) != len(gid):
+        raise QGFaceInputError(f"cmc: {len(p)} probe features vs {len(pid)} ids, {len(g)} gallery features vs "
+                               f"{len(gid)} ids")
+    if p.shape[1] != g.shape[1]:
+        raise QGFaceInputError(f"cmc: probe dim {p.shape[1]} != gallery dim {g.shape[1]}")
+    if (pid < 0).any():
+        raise QGFaceInputError("cmc: probe ids must be >= 0 (negative ids mark distractors)")
+    missing = np.setdiff1d(np.unique(pid), np.unique(gid[gid >= 0]))
+    if len(missing):
+        shown = ", ".join(str(int(m)) for m in missing[:10]) + (" ..." if len(missing) > 10 else "")
+        raise QGFaceInputError(f"cmc: probe identity {shown} has no image in the gallery match set "
+                               f"({len(missing)} identities missing)")
+    ranks = np.empty(len(p), dtype=np.int64)
+    for i in range(0, len(p), max(1, int(chunk))):
+        s = p[i:i + chunk] @ g.T                                  # [b, G]
+        mate = gid[None, :] == pid[i:i + chunk, None]             # [b, G]
+        best = np.where(mate, s, -np.inf).max(axis=1)             # best correct score per probe
+        ranks[i:i + chunk] = 1 + ((s >= best[:, None]) & ~mate).sum(axis=1)
+    return ranks
+
+
+def cmc(probe_feats, probe_ids, gallery_feats, gallery_ids, ranks=(1, 5, 20), chunk=256) -> dict:
+    """Closed-set CMC: ``{"rank1": .., "rank5": .., "rank20": ..}`` as fractions of the probes."""
+    r = probe_ranks(probe_feats, probe_ids, gallery_feats, gallery_ids, chunk=chunk)
+    if len(r) == 0:
+        raise QGFaceInputError("cmc: no probes")
+    return {f"rank{int(k)}": float((r <= int(k)).mean()) for k in ranks}
+
+
+def quality_bins(probe_norms, correct_rank1, bins=3) -> list:
+    """Rank-1 per quantile bin of probe feature norm (low norm = low quality), lowest bin first.
+
+    Probes are sorted by norm (stable) and split into ``bins`` near-equal groups. With 3 bins they are
+    named ``lowest`` / ``middle`` / ``highest``; otherwise ``q1..qB``.
+    """
+    norms = np.asarray(probe_norms, dtype=np.float64).reshape(-1)
+    ok = np.asarray(correct_rank1, dtype=bool).reshape(-1)
+    if len(norms) != len(ok):
+        raise QGFaceInputError(f"quality_bins: {len(norms)} norms vs {len(ok)} rank-1 flags")
+    bins = int(bins)
+    if bins < 1 or bins > max(1, len(norms)):
+        raise QGFaceInputError(f"quality_bins: bins={bins} must be in 1..{len(norms)}")
+    names = ["lowest", "middle", "highest"] if bins == 3 else [f"q{i + 1}" for i in range(bins)]
+    out = []
+    for name, idx in zip(names, np.array_split(np.argsort(norms, kind="stable"), bins)):
+        out.append({"bin": name, "count": int(len(idx)), "norm_min": float(norms[idx].min()),
+                    "norm_max": float(norms[idx].max()), "rank1": float(ok[idx].mean())})
+    return out
+
+
+# ---------------------------------------------------------------------------------------- evaluation
+def load_images(paths, size=112) -> np.ndarray:
+    """Read images with OpenCV, BGR -> RGB, resized to ``size`` x ``size`` if needed: ``[N,size,size,3]`` uint8."""
+    import cv2
+    out = np.empty((len(paths), size, size, 3), dtype=np.uint8)
+    for i, path in enumerate(paths):
+        img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        if img is None:
+            raise QGFaceInputError(f"{path}: cannot be read as an image")
+        if img.shape[:2] != (size, size):
+            img = cv2.resize(img, (size, size), interpolation=cv2.INTER_LINEAR)
+        out[i] = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    return out
+
+
+def _embed(extractor, paths, load_batch, progress, what):
+    feats, norms = [], []
+    for i in range(0, len(paths), load_batch):
+        r = extractor(load_images(paths[i:i + load_batch]))
+        feats.append(r["features"])
+        norms.append(r["norms"])
+        if progress:
+            print(f"\r{what}: {min(i + load_batch, len(paths))}/{len(paths)}", end="", file=sys.stderr, flush=True)
+    if progress:
+        print(file=sys.stderr)
+    return np.concatenate(feats), np.concatenate(norms)
+
+
+def evaluate_tinyface(extractor, root, ranks=(1, 5, 20), bins=3, load_batch=1024, chunk=256,
+                      progress=False) -> dict:
+    """Run the TinyFace protocol with a :class:`~qgface_plugin.eval.features.FeatureExtractor`.
+
+    Images are read ``load_batch`` at a time (so the 158k-image gallery never sits in memory as pixels).
+
+    Returns:
+        ``{"root", "score", "tie_rule", "cmc": {"rank1", ...}, "counts": {"probes", "gallery_match",
+        "distractors", "identities"}, "quality_bins": [...], "norm_mean": {"probe", "gallery_match",
+        "distractor"}}`` (fractions, not percent).
+    """
+    lst = list_tinyface(root)
+    pf, pn = _embed(extractor, lst["probe_paths"], int(load_batch), progress, "probes")
+    gf, gn = _embed(extractor, lst["gallery_paths"], int(load_batch), progress, "gallery")
+    r = probe_ranks(pf, lst["probe_ids"], gf, lst["gallery_ids"], chunk=chunk)
+    nm = lst["n_match"]
+    return {
+        "root": str(lst["root"]),
+        "score": SCORE,
+        "tie_rule": TIE_RULE,
+        "cmc": {f"rank{int(k)}": float((r <= int(k)).mean()) for k in ranks},
+        "counts": {"probes": len(lst["probe_paths"]), "gallery_match": nm, "distractors": lst["n_distractor"],
+                   "identities": int(len(np.unique(lst["probe_ids"])))},
+        "quality_bins": quality_bins(pn, r == 1, bins=bins),
+        "norm_mean": {"probe": float(pn.mean()), "gallery_match": float(gn[:nm].mean()),
+                      "distractor": float(gn[nm:].mean())},
+    }

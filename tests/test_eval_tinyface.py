@@ -1,0 +1,183 @@
+"""qgface_plugin.eval.tinyface (TinyFace CMC protocol) and tools/eval_tinyface.py."""
+import json
+import sys
+import warnings
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from qgface_plugin.errors import QGFaceInputError
+from qgface_plugin.eval.tinyface import cmc, list_tinyface, probe_ranks, quality_bins, resolve_root
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tools"))
+import eval_tinyface as tool  # noqa: E402
+
+
+# ------------------------------------------------------------------------------------------------ cmc
+def _ranked_case(target_ranks=(1, 2, 6, 25)):
+    """Probe i = e_{2i}; its mate and the r-1 outranking non-mates lie in the (e_{2i}, e_{2i+1}) plane.
+
+    Outrankers alternate between distractors (-1) and images of other identities (1000 + ...), so both
+    kinds must take rank positions. Norms vary to check that scores are cosines.
+    """
+    d = 2 * len(target_ranks)
+    probes, pids, gal, gids = [], [], [], []
+    for i, r in enumerate(target_ranks):
+        e, f = np.eye(d)[2 * i], np.eye(d)[2 * i + 1]
+        probes.append(e * (i + 1.5))
+        pids.append(i)
+        gal.append((np.cos(0.6) * e + np.sin(0.6) * f) * 3.0)  # the mate, at 0.6 rad
+        gids.append(i)
+        for j in range(r - 1):  # non-mates at smaller angles: higher cosine
+            a = 0.55 * (j + 1) / r
+            gal.append((np.cos(a) * e + np.sin(a) * f) * (0.5 + j))
+            gids.append(-1 if j % 2 == 0 else 1000 + 10 * i + j)
+    for k in range(5):  # far-away distractors that never outrank
+        gal.append(-np.ones(d) * (k + 1))
+        gids.append(-1)
+    return np.array(probes), np.array(pids), np.array(gal), np.array(gids)
+
+
+def test_cmc_hand_placed_ranks_with_distractors():
+    p, pid, g, gid = _ranked_case()
+    np.testing.assert_array_equal(probe_ranks(p, pid, g, gid), [1, 2, 6, 25])
+    np.testing.assert_array_equal(probe_ranks(p, pid, g, gid, chunk=1), [1, 2, 6, 25])
+    res = cmc(p, pid, g, gid)
+    assert res == pytest.approx({"rank1": 0.25, "rank5": 0.5, "rank20": 0.75})
+    assert cmc(p, pid, g, gid, ranks=(1, 2, 6, 25))["rank25"] == 1.0
+    # shuffling the gallery changes nothing
+    perm = np.random.default_rng(0).permutation(len(g))
+    assert cmc(p, pid, g[perm], gid[perm]) == res
+
+
+def test_cmc_best_of_several_mates_and_pessimistic_ties():
+    e, f = np.eye(2)
+    probe = e[None]
+    # two mates: the better one (0.1 rad) decides; one non-mate in between, one tied with the best mate
+    best = np.cos(0.1) * e + np.sin(0.1) * f
+    g = np.stack([np.cos(0.5) * e + np.sin(0.5) * f, best, np.cos(0.05) * e + np.sin(0.05) * f, best * 2.0])
+    gid = np.array([7, 7, -1, 3])
+    assert probe_ranks(probe, [7], g, gid)[0] == 3  # 1 + (strictly better distractor) + (tied non-mate)
+    assert probe_ranks(probe, [7], g[:3], gid[:3])[0] == 2
+
+
+def test_cmc_missing_identity_raises():
+    p, pid, g, gid = _ranked_case()
+    gid = gid.copy()
+    gid[gid == 2] = -1  # identity 2's only gallery image becomes a distractor
+    with pytest.raises(QGFaceInputError, match="identity 2"):
+        cmc(p, pid, g, gid)
+    with pytest.raises(QGFaceInputError, match="dim"):
+        cmc(p[:, :4], pid, g, np.array(_ranked_case()[3]))
+
+
+# ------------------------------------------------------------------------------------- quality bins
+def test_quality_bins_hand_case():
+    norms = [5.0, 1.0, 9.0, 2.0, 8.0, 6.0]
+    ok = [True, False, True, False, False, True]  # sorted by norm: 1F 2F | 5T 6T | 8F 9T
+    bins = quality_bins(norms, ok)
+    assert [b["bin"] for b in bins] == ["lowest", "middle", "highest"]
+    assert [b["count"] for b in bins] == [2, 2, 2]
+    assert [b["rank1"] for b in bins] == [0.0, 1.0, 0.5]
+    assert (bins[0]["norm_min"], bins[0]["norm_max"], bins[2]["norm_max"]) == (1.0, 2.0, 9.0)
+    assert [b["bin"] for b in quality_bins(norms, ok, bins=2)] == ["q1", "q2"]
+    with pytest.raises(QGFaceInputError):
+        quality_bins(norms, ok[:3])
+
+
+# ------------------------------------------------------------------------------------------ listing
+def _img(seed, size=112):
+    """A smooth random image (8x8 blocks upsampled), so that different seeds embed differently."""
+    small = np.random.default_rng(seed).integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    return cv2.resize(small, (size, size), interpolation=cv2.INTER_NEAREST)
+
+
+def _tree(base: Path, sub="aligned_pad_0.1_pad_high"):
+    root = base / sub if sub else base
+    for f in ("Probe", "Gallery_Match", "Gallery_Distractor"):
+        (root / f).mkdir(parents=True)
+    for ident in (1, 2, 3):  # probe = a copy of a gallery image of the same identity
+        cv2.imwrite(str(root / "Probe" / f"{ident}_1.jpg"), _img(ident))
+        cv2.imwrite(str(root / "Gallery_Match" / f"{ident}_2.jpg"), _img(ident))
+        cv2.imwrite(str(root / "Gallery_Match" / f"{ident}_3.jpg"), _img(100 + ident, size=32))  # resized on load
+    for k in range(4):
+        cv2.imwrite(str(root / "Gallery_Distractor" / f"{k:05d}.jpg"), _img(200 + k))
+    (root / "Gallery_Distractor" / "notes.txt").write_text("not an image")
+    return root
+
+
+def test_list_tinyface(tmp_path):
+    root = _tree(tmp_path)
+    assert resolve_root(tmp_path) == root
+    lst = list_tinyface(tmp_path)
+    assert lst["root"] == root
+    np.testing.assert_array_equal(lst["probe_ids"], [1, 2, 3])
+    np.testing.assert_array_equal(lst["gallery_ids"], [1, 1, 2, 2, 3, 3, -1, -1, -1, -1])
+    assert (lst["n_match"], lst["n_distractor"]) == (6, 4)
+    assert [p.name for p in lst["gallery_paths"][-4:]] == [f"{k:05d}.jpg" for k in range(4)]
+
+
+def test_list_tinyface_errors(tmp_path):
+    root = _tree(tmp_path / "a", sub=None)
+    for p in (root / "Gallery_Distractor").iterdir():
+        p.unlink()
+    (root / "Gallery_Distractor").rmdir()
+    with pytest.raises(QGFaceInputError, match="Gallery_Distractor"):
+        list_tinyface(root)
+    root = _tree(tmp_path / "b", sub="tinyface/Testing_Set")
+    cv2.imwrite(str(root / "Probe" / "noident.jpg"), _img(0))
+    with pytest.raises(QGFaceInputError, match="noident.jpg"):
+        list_tinyface(tmp_path / "b")
+    with pytest.raises(QGFaceInputError, match="no Probe"):
+        list_tinyface(tmp_path / "b" / "tinyface" / "Testing_Set" / "Probe")
+    (tmp_path / "c" / "Probe").mkdir(parents=True)
+    with pytest.raises(QGFaceInputError, match="Probe: TinyFace folder holds no images"):
+        list_tinyface(tmp_path / "c")
+    cv2.imwrite(str(tmp_path / "c" / "Probe" / "1_1.jpg"), _img(0))
+    with pytest.raises(QGFaceInputError, match="Gallery_Match: TinyFace folder not found"):
+        list_tinyface(tmp_path / "c")
+
+
+# --------------------------------------------------------------------------------------- end to end
+class TinyCNN(torch.nn.Module):
+    def __init__(self, dim=16):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = torch.nn.Conv2d(3, 8, 3, stride=4)
+        self.pool = torch.nn.AdaptiveAvgPool2d(4)
+        self.fc = torch.nn.Linear(128, dim)
+
+    def forward(self, x):
+        return self.fc(torch.flatten(self.pool(torch.relu(self.conv(x))), 1))
+
+
+def test_tool_end_to_end_onnx(tmp_path, capsys):
+    _tree(tmp_path / "data")
+    model = tmp_path / "tiny.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(TinyCNN().eval(), torch.zeros(2, 3, 112, 112), str(model), dynamo=False,
+                          input_names=["input"], output_names=["embedding"],
+                          dynamic_axes={"input": {0: "batch"}, "embedding": {0: "batch"}})
+    out = tmp_path / "out"
+    rc = tool.main(["--model", str(model), "--data", str(tmp_path / "data"), "--output", str(out),
+                    "--batch-size", "4"])
+    assert rc == 0
+    rep = json.loads((out / "tinyface.json").read_text())
+    assert set(rep["cmc"]) == {"rank1", "rank5", "rank20"}
+    assert rep["cmc"]["rank1"] == 1.0  # every probe is a copy of one of its gallery images
+    assert rep["cmc"]["rank1"] <= rep["cmc"]["rank5"] <= rep["cmc"]["rank20"] == 1.0
+    assert rep["counts"] == {"probes": 3, "gallery_match": 6, "distractors": 4, "identities": 3}
+    assert rep["root"].endswith("aligned_pad_0.1_pad_high")
+    assert len(rep["quality_bins"]) == 3 and rep["flip"] == "sum"
+    md = (out / "tinyface.md").read_text()
+    assert "rank-1" in md and "100.00" in md and "lowest" in md
+    assert "rank-20" in capsys.readouterr().out
+    # bad inputs: exit 2 with a message
+    assert tool.main(["--model", str(model), "--data", str(tmp_path / "nope"), "--output", str(out)]) == 2
+    assert tool.main(["--model", str(tmp_path / "m.pt"), "--data", str(tmp_path / "data"), "--output", str(out)]) == 2
+    assert "error:" in capsys.readouterr().err

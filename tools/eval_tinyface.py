@@ -1,0 +1,85 @@
+"""TinyFace closed-set identification (CMC rank-1/5/20) with a feature-norm quality view.
+
+    python tools/eval_tinyface.py --network r50 --model model.pt --data DIR --output out/ \
+        [--flip sum|norm_weighted|none] [--batch-size 64] [--arcface-root PATH]
+
+``--data`` holds AdaFace's aligned copy ``{Probe,Gallery_Match,Gallery_Distractor}/*.jpg`` (or that
+layout inside ``aligned_pad_0.1_pad_high/``, ``tinyface/Testing_Set/`` or another direct sub-folder; the
+root used is reported). Gallery = Gallery_Match + all Gallery_Distractor images (distractors never match);
+identity = file-name prefix before the first "_"; score = cosine similarity of the L2-normalised fused
+features (see ``qgface_plugin.eval.tinyface`` for the tie rule). ``--model`` is an arcface_torch
+``model.pt`` (needs ``--network``) or an ``.onnx`` file.
+
+Writes ``<output>/tinyface.json`` (fractions) and ``<output>/tinyface.md`` (percent), and prints the table.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from qgface_plugin.errors import QGFaceConfigError, QGFaceInputError
+from qgface_plugin.eval.features import FLIP_MODES, FeatureExtractor, load_model
+from qgface_plugin.eval.tinyface import evaluate_tinyface
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--network", default=None, help="upstream backbone name (r18/r50/r100/mbf/...); for .pt models")
+    p.add_argument("--model", required=True, help="model.pt (state dict / checkpoint) or .onnx file")
+    p.add_argument("--data", required=True, help="TinyFace aligned folder (see above)")
+    p.add_argument("--output", required=True, help="output folder")
+    p.add_argument("--flip", choices=FLIP_MODES, default="sum")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--fp16", action="store_true")
+    p.add_argument("--ranks", nargs="+", type=int, default=[1, 5, 20])
+    p.add_argument("--quality-bins", type=int, default=3)
+    p.add_argument("--arcface-root", default=None, help="arcface_torch folder (default: ARCFACE_TORCH_ROOT, ...)")
+    p.add_argument("--progress", action="store_true")
+    return p.parse_args(argv)
+
+
+def markdown(res: dict, flip: str) -> str:
+    c = res["counts"]
+    names = list(res["cmc"])
+    lines = [f"TinyFace closed-set identification, % (score: {res['score']}; flip fusion: {flip})", "",
+             f"Root: `{res['root']}` — {c['probes']} probes ({c['identities']} identities), gallery "
+             f"{c['gallery_match']} match + {c['distractors']} distractors", "",
+             "| " + " | ".join(n.replace("rank", "rank-") for n in names) + " |", "|---" * len(names) + "|",
+             "| " + " | ".join(f"{100 * res['cmc'][n]:.2f}" for n in names) + " |", "",
+             "Rank-1 by probe feature-norm bin (quality view)", "",
+             "| bin | probes | norm range | rank-1 |", "|---|---|---|---|"]
+    for b in res["quality_bins"]:
+        lines.append(f"| {b['bin']} | {b['count']} | {b['norm_min']:.3f}–{b['norm_max']:.3f} | {100 * b['rank1']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        model, info = load_model(args.model, args.network, args.arcface_root)
+        extractor = FeatureExtractor(model, device=args.device, batch_size=args.batch_size, fp16=args.fp16,
+                                     flip=args.flip)
+        t0 = time.time()
+        res = evaluate_tinyface(extractor, Path(args.data), ranks=tuple(args.ranks), bins=args.quality_bins,
+                                progress=args.progress)
+        seconds = round(time.time() - t0, 3)
+    except (QGFaceInputError, QGFaceConfigError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    report = {"model": str(args.model), "model_info": info, "flip": args.flip, "seconds": seconds,
+              "units": {"cmc": "fraction", "quality_bins.rank1": "fraction"}, **res}
+    (out / "tinyface.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    md = markdown(res, args.flip)
+    (out / "tinyface.md").write_text(md, encoding="utf-8")
+    print(md, end="")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

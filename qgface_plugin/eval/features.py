@@ -24,7 +24,7 @@ import numpy as np
 
 from ..errors import QGFaceInputError
 
-__all__ = ["FLIP_MODES", "FeatureExtractor", "preprocess"]
+__all__ = ["FLIP_MODES", "FeatureExtractor", "preprocess", "load_model", "load_images", "embed_files"]
 
 FLIP_MODES = ("sum", "norm_weighted", "none")
 
@@ -168,3 +168,31 @@ def load_model(model_path, network=None, root=None):
     from ..export import infer_embedding_size, load_backbone
     net = load_backbone(network, model_path, root=root)
     return net, {"kind": "torch", "network": network, "embedding_size": infer_embedding_size(net.state_dict())}
+
+
+def load_images(paths, size=112) -> np.ndarray:
+    """Read images with OpenCV, BGR -> RGB, resized to ``size`` x ``size`` if needed: ``[N,size,size,3]`` uint8."""
+    import cv2
+    out = np.empty((len(paths), size, size, 3), dtype=np.uint8)
+    for i, path in enumerate(paths):
+        img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        if img is None:
+            raise QGFaceInputError(f"{path}: cannot be read as an image")
+        if img.shape[:2] != (size, size):
+            img = cv2.resize(img, (size, size), interpolation=cv2.INTER_LINEAR)
+        out[i] = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    return out
+
+
+def embed_files(extractor, paths, load_batch=1024, progress=False, what="images"):
+    """Fused features and norms of image files, read ``load_batch`` at a time: ``([N, D], [N])``."""
+    feats, norms = [], []
+    for i in range(0, len(paths), load_batch):
+        r = extractor(load_images(paths[i:i + load_batch]))
+        feats.append(r["features"])
+        norms.append(r["norms"])
+        if progress:
+            print(f"\r{what}: {min(i + load_batch, len(paths))}/{len(paths)}", end="", file=sys.stderr, flush=True)
+    if progress:
+        print(file=sys.stderr)
+    return np.concatenate(feats), np.concatenate(norms)

@@ -24,15 +24,15 @@ of ``<data>``, and reports the root it used.
 """
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import QGFaceInputError
+from .features import embed_files
 
 __all__ = ["FOLDERS", "IMAGE_EXTS", "resolve_root", "list_tinyface", "probe_ranks", "cmc", "quality_bins",
-           "load_images", "evaluate_tinyface"]
+           "evaluate_tinyface"]
 
 FOLDERS = ("Probe", "Gallery_Match", "Gallery_Distractor")
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp")
@@ -175,33 +175,6 @@ def quality_bins(probe_norms, correct_rank1, bins=3) -> list:
 
 
 # ---------------------------------------------------------------------------------------- evaluation
-def load_images(paths, size=112) -> np.ndarray:
-    """Read images with OpenCV, BGR -> RGB, resized to ``size`` x ``size`` if needed: ``[N,size,size,3]`` uint8."""
-    import cv2
-    out = np.empty((len(paths), size, size, 3), dtype=np.uint8)
-    for i, path in enumerate(paths):
-        img = cv2.imread(str(path), cv2.IMREAD_COLOR)
-        if img is None:
-            raise QGFaceInputError(f"{path}: cannot be read as an image")
-        if img.shape[:2] != (size, size):
-            img = cv2.resize(img, (size, size), interpolation=cv2.INTER_LINEAR)
-        out[i] = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
-    return out
-
-
-def _embed(extractor, paths, load_batch, progress, what):
-    feats, norms = [], []
-    for i in range(0, len(paths), load_batch):
-        r = extractor(load_images(paths[i:i + load_batch]))
-        feats.append(r["features"])
-        norms.append(r["norms"])
-        if progress:
-            print(f"\r{what}: {min(i + load_batch, len(paths))}/{len(paths)}", end="", file=sys.stderr, flush=True)
-    if progress:
-        print(file=sys.stderr)
-    return np.concatenate(feats), np.concatenate(norms)
-
-
 def evaluate_tinyface(extractor, root, ranks=(1, 5, 20), bins=3, load_batch=1024, chunk=256,
                       progress=False) -> dict:
     """Run the TinyFace protocol with a :class:`~qgface_plugin.eval.features.FeatureExtractor`.
@@ -214,8 +187,8 @@ def evaluate_tinyface(extractor, root, ranks=(1, 5, 20), bins=3, load_batch=1024
         "distractor"}}`` (fractions, not percent).
     """
     lst = list_tinyface(root)
-    pf, pn = _embed(extractor, lst["probe_paths"], int(load_batch), progress, "probes")
-    gf, gn = _embed(extractor, lst["gallery_paths"], int(load_batch), progress, "gallery")
+    pf, pn = embed_files(extractor, lst["probe_paths"], int(load_batch), progress, "probes")
+    gf, gn = embed_files(extractor, lst["gallery_paths"], int(load_batch), progress, "gallery")
     r = probe_ranks(pf, lst["probe_ids"], gf, lst["gallery_ids"], chunk=chunk)
     nm = lst["n_match"]
     return {

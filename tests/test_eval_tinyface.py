@@ -1,14 +1,13 @@
 """qgface_plugin.eval.tinyface (TinyFace CMC protocol) and tools/eval_tinyface.py."""
 import json
 import sys
-import warnings
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
-import torch
 
+from _models import export_tiny_onnx
 from qgface_plugin.errors import QGFaceInputError
 from qgface_plugin.eval.tinyface import cmc, list_tinyface, probe_ranks, quality_bins, resolve_root
 
@@ -143,26 +142,10 @@ def test_list_tinyface_errors(tmp_path):
 
 
 # --------------------------------------------------------------------------------------- end to end
-class TinyCNN(torch.nn.Module):
-    def __init__(self, dim=16):
-        super().__init__()
-        torch.manual_seed(0)
-        self.conv = torch.nn.Conv2d(3, 8, 3, stride=4)
-        self.pool = torch.nn.AdaptiveAvgPool2d(4)
-        self.fc = torch.nn.Linear(128, dim)
-
-    def forward(self, x):
-        return self.fc(torch.flatten(self.pool(torch.relu(self.conv(x))), 1))
-
-
 def test_tool_end_to_end_onnx(tmp_path, capsys):
     _tree(tmp_path / "data")
     model = tmp_path / "tiny.onnx"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        torch.onnx.export(TinyCNN().eval(), torch.zeros(2, 3, 112, 112), str(model), dynamo=False,
-                          input_names=["input"], output_names=["embedding"],
-                          dynamic_axes={"input": {0: "batch"}, "embedding": {0: "batch"}})
+    export_tiny_onnx(model)
     out = tmp_path / "out"
     rc = tool.main(["--model", str(model), "--data", str(tmp_path / "data"), "--output", str(out),
                     "--batch-size", "4"])

@@ -4,7 +4,6 @@ import os
 import pickle
 import shutil
 import sys
-import warnings
 from pathlib import Path
 
 import cv2
@@ -12,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from _models import TinyCNN, export_tiny_onnx
 from qgface_plugin.errors import QGFaceInputError
 from qgface_plugin.eval import FeatureExtractor, evaluate, evaluate_bin, load_bin, lowres_variant
 from qgface_plugin.eval.features import preprocess
@@ -36,18 +36,6 @@ def _pairs_from_angles(angles):
     return np.stack(rows)
 
 
-class TinyCNN(torch.nn.Module):
-    def __init__(self, dim=8):
-        super().__init__()
-        torch.manual_seed(0)
-        self.conv = torch.nn.Conv2d(3, 4, 3, stride=4)
-        self.pool = torch.nn.AdaptiveAvgPool2d(2)
-        self.fc = torch.nn.Linear(16, dim)
-
-    def forward(self, x):
-        return self.fc(torch.flatten(self.pool(torch.relu(self.conv(x))), 1))
-
-
 def _rand_images(n, seed=0):
     return np.random.default_rng(seed).integers(0, 256, (n, 112, 112, 3), dtype=np.uint8)
 
@@ -55,12 +43,7 @@ def _rand_images(n, seed=0):
 @pytest.fixture(scope="module")
 def onnx_model(tmp_path_factory):
     path = tmp_path_factory.mktemp("onnx") / "tiny.onnx"
-    net = TinyCNN().eval()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # the legacy exporter warns; dynamo=False is asked for
-        torch.onnx.export(net, torch.zeros(2, 3, 112, 112), str(path), dynamo=False, input_names=["data"],
-                          output_names=["feat"], dynamic_axes={"data": {0: "batch"}, "feat": {0: "batch"}})
-    return path
+    return export_tiny_onnx(path, input_name="data", output_name="feat")
 
 
 # ------------------------------------------------------------------------------------------ evaluate

@@ -18,32 +18,20 @@ Writes ``<output>/scface.json`` (fractions) and ``<output>/scface.md`` (percent)
 """
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 import time
 from pathlib import Path
 
 from qgface_plugin.errors import QGFaceConfigError, QGFaceInputError
-from qgface_plugin.eval.features import FLIP_MODES, FeatureExtractor, load_model
+from qgface_plugin.eval.cli import evaluator_parser, make_extractor, write_report
 from qgface_plugin.eval.scface import PROTOCOLS, evaluate_scface, read_subjects
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--network", default=None, help="upstream backbone name (r18/r50/r100/mbf/...); for .pt models")
-    p.add_argument("--model", required=True, help="model.pt (state dict / checkpoint) or .onnx file")
-    p.add_argument("--data", required=True, help="SCface folder with all.txt + aligned_dir/ (see above)")
-    p.add_argument("--output", required=True, help="output folder")
+    p = evaluator_parser(__doc__.split("\n\n")[0], 'SCface folder with all.txt + aligned_dir/ (see above)')
     p.add_argument("--protocol", choices=PROTOCOLS, default="all")
     p.add_argument("--subjects", default=None, help="file of subject ids, one per line (replaces 051-130)")
-    p.add_argument("--flip", choices=FLIP_MODES, default="sum")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--fp16", action="store_true")
     p.add_argument("--quality-bins", type=int, default=3)
-    p.add_argument("--arcface-root", default=None, help="arcface_torch folder (default: ARCFACE_TORCH_ROOT, ...)")
-    p.add_argument("--progress", action="store_true")
     return p.parse_args(argv)
 
 
@@ -78,9 +66,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     try:
         subjects = read_subjects(args.subjects) if args.subjects else None
-        model, info = load_model(args.model, args.network, args.arcface_root)
-        extractor = FeatureExtractor(model, device=args.device, batch_size=args.batch_size, fp16=args.fp16,
-                                     flip=args.flip)
+        extractor, info = make_extractor(args)
         t0 = time.time()
         res = evaluate_scface(extractor, Path(args.data), protocol=args.protocol, subjects=subjects,
                               bins=args.quality_bins, progress=args.progress)
@@ -88,15 +74,10 @@ def main(argv=None) -> int:
     except (QGFaceInputError, QGFaceConfigError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    out = Path(args.output)
-    out.mkdir(parents=True, exist_ok=True)
     report = {"model": str(args.model), "model_info": info, "flip": args.flip, "seconds": seconds,
               "subjects_file": args.subjects,
               "units": {"rank1": "fraction", "quality_bins.rank1": "fraction", "distance_m": "metres"}, **res}
-    (out / "scface.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    md = markdown(res, args.flip)
-    (out / "scface.md").write_text(md, encoding="utf-8")
-    print(md, end="")
+    write_report(args.output, "scface", report, markdown(res, args.flip))
     return 0
 
 

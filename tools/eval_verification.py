@@ -15,35 +15,23 @@ and prints the table.
 """
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 import time
 from pathlib import Path
 
 from qgface_plugin.errors import QGFaceConfigError, QGFaceInputError
-from qgface_plugin.eval.features import FLIP_MODES, FeatureExtractor, load_model
+from qgface_plugin.eval.cli import evaluator_parser, make_extractor, write_report
 from qgface_plugin.eval.verification import evaluate_bin
 
 TARGETS = ("lfw", "cfp_fp", "agedb_30", "calfw", "cplfw")
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--network", default=None, help="upstream backbone name (r18/r50/r100/mbf/...); for .pt models")
-    p.add_argument("--model", required=True, help="model.pt (state dict / checkpoint) or .onnx file")
-    p.add_argument("--data", required=True, help="folder holding <target>.bin files")
-    p.add_argument("--output", required=True, help="output folder")
+    p = evaluator_parser(__doc__.split("\n\n")[0], 'folder holding <target>.bin files')
     p.add_argument("--targets", nargs="+", default=None,
                    help=f"bin names without .bin (default: those of {' '.join(TARGETS)} present)")
     p.add_argument("--lowres", nargs="*", type=int, default=[], help="low-res sizes in px, e.g. 8 12 16 20")
-    p.add_argument("--flip", choices=FLIP_MODES, default="sum")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--fp16", action="store_true")
     p.add_argument("--nfolds", type=int, default=10)
-    p.add_argument("--arcface-root", default=None, help="arcface_torch folder (default: ARCFACE_TORCH_ROOT, ...)")
-    p.add_argument("--progress", action="store_true")
     return p.parse_args(argv)
 
 
@@ -84,9 +72,7 @@ def main(argv=None) -> int:
     try:
         data = Path(args.data)
         targets = resolve_targets(data, args.targets)
-        model, info = load_model(args.model, args.network, args.arcface_root)
-        extractor = FeatureExtractor(model, device=args.device, batch_size=args.batch_size, fp16=args.fp16,
-                                     flip=args.flip)
+        extractor, info = make_extractor(args)
         results, seconds = {}, {}
         for t in targets:
             t0 = time.time()
@@ -96,16 +82,11 @@ def main(argv=None) -> int:
     except (QGFaceInputError, QGFaceConfigError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    out = Path(args.output)
-    out.mkdir(parents=True, exist_ok=True)
     report = {"model": str(args.model), "model_info": info, "flip": args.flip, "nfolds": args.nfolds,
               "lowres_sizes": list(args.lowres), "units": {"accuracy": "fraction", "std": "fraction",
                                                             "threshold": "squared L2 distance of unit features"},
               "seconds": seconds, "results": results}
-    (out / "verification.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    md = markdown(results, args.flip, args.nfolds)
-    (out / "verification.md").write_text(md, encoding="utf-8")
-    print(md, end="")
+    write_report(args.output, "verification", report, markdown(results, args.flip, args.nfolds))
     return 0
 
 

@@ -1,0 +1,211 @@
+"""Tests for the IJB-B/C 1:1 core (qgface_plugin.eval.ijb) and tools/bench_eval.py --quick."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from qgface_plugin.errors import QGFaceInputError
+from qgface_plugin.eval.ijb import pair_scores, read_meta, tar_at_far, template_features
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# ------------------------------------------------------------------------------------------------ meta
+def _write_meta(root, t="ijbc", tid=None, pts=None, pairs=None):
+    meta = root / "meta"
+    meta.mkdir(parents=True, exist_ok=True)
+    tid = tid if tid is not None else ["1.jpg 1 10", "2.jpg 1 11", "3.jpg 2 12"]
+    pts = pts if pts is not None else [
+        f"{n}.jpg " + " ".join(str(float(10 * n + k)) for k in range(10)) + f" {0.5 + 0.1 * n}" for n in (1, 2, 3)]
+    pairs = pairs if pairs is not None else ["1 2 0", "1 1 1"]
+    (meta / f"{t}_face_tid_mid.txt").write_text("\n".join(tid) + "\n")
+    (meta / f"{t}_name_5pts_score.txt").write_text("\n".join(pts) + "\n")
+    (meta / f"{t}_template_pair_label.txt").write_text("\n".join(pairs) + "\n")
+    return meta
+
+
+def test_read_meta_layout(tmp_path):
+    _write_meta(tmp_path)
+    m = read_meta(str(tmp_path), "IJBC")
+    assert list(m["names"]) == ["1.jpg", "2.jpg", "3.jpg"]
+    np.testing.assert_array_equal(m["templates"], [1, 1, 2])
+    np.testing.assert_array_equal(m["medias"], [10, 11, 12])
+    assert m["landmarks"].shape == (3, 5, 2)
+    np.testing.assert_allclose(m["landmarks"][1].ravel(), np.arange(20, 30))
+    np.testing.assert_allclose(m["det_scores"], [0.6, 0.7, 0.8], rtol=1e-6)
+    np.testing.assert_array_equal(m["p1"], [1, 1])
+    np.testing.assert_array_equal(m["p2"], [2, 1])
+    np.testing.assert_array_equal(m["labels"], [0, 1])
+
+
+def test_read_meta_pairs_slow_path_matches(tmp_path):
+    # double spaces force the exact line parser; result must be the same
+    _write_meta(tmp_path, t="ijbb", pairs=["1  2 0", "1 1 1"])
+    m = read_meta(str(tmp_path), "ijbb")
+    np.testing.assert_array_equal(np.c_[m["p1"], m["p2"], m["labels"]], [[1, 2, 0], [1, 1, 1]])
+
+
+def test_read_meta_missing_file(tmp_path):
+    meta = _write_meta(tmp_path)
+    (meta / "ijbc_template_pair_label.txt").unlink()
+    with pytest.raises(QGFaceInputError, match="ijbc_template_pair_label.txt"):
+        read_meta(str(tmp_path), "IJBC")
+
+
+@pytest.mark.parametrize("which,kw,pat", [
+    ("tid", {"tid": ["1.jpg 1 10", "2.jpg 1", "3.jpg 2 12"]}, r"ijbc_face_tid_mid.txt:2"),
+    ("tid", {"tid": ["1.jpg 1 10", "2.jpg 1 11", "3.jpg x 12"]}, r"ijbc_face_tid_mid.txt:3"),
+    ("pts", {"pts": ["1.jpg 1 2 3", "2.jpg", "3.jpg"]}, r"ijbc_name_5pts_score.txt:1"),
+    ("pairs", {"pairs": ["1 2 0", "1 1 one"]}, r"ijbc_template_pair_label.txt:2"),
+    ("pairs", {"pairs": ["1 2 0", "1 1"]}, r"ijbc_template_pair_label.txt:2"),
+])
+def test_read_meta_malformed_line(tmp_path, which, kw, pat):
+    _write_meta(tmp_path, **kw)
+    with pytest.raises(QGFaceInputError, match=pat):
+        read_meta(str(tmp_path), "IJBC")
+
+
+def test_read_meta_row_count_mismatch(tmp_path):
+    _write_meta(tmp_path, tid=["1.jpg 1 10", "2.jpg 1 11"])
+    with pytest.raises(QGFaceInputError, match=r"ijbc_face_tid_mid.txt has 2 rows.*5pts_score.txt has 3 rows"):
+        read_meta(str(tmp_path), "IJBC")
+
+
+def test_read_meta_names_not_aligned(tmp_path):
+    _write_meta(tmp_path, tid=["1.jpg 1 10", "3.jpg 2 12", "2.jpg 1 11"])
+    with pytest.raises(QGFaceInputError, match=r"row 2.*'3.jpg'.*'2.jpg'"):
+        read_meta(str(tmp_path), "IJBC")
+
+
+# ------------------------------------------------------------------------------------------------ pooling
+def _hand_case():
+    # template 7: media 1 = two images, media 2 = one image; template 3: one image
+    feats = np.array([[2.0, 0.0], [0.0, 2.0], [0.0, 4.0], [3.0, 4.0]])
+    templates = np.array([7, 7, 7, 3])
+    medias = np.array([1, 1, 2, 5])
+    return feats, templates, medias
+
+
+def test_template_features_use_norm():
+    feats, t, m = _hand_case()
+    ut, tf = template_features(feats, t, m, use_norm=True)
+    np.testing.assert_array_equal(ut, [3, 7])
+    # t7: mean(media1) = (1, 1); + media2 (0, 4) = (1, 5) -> normalise
+    np.testing.assert_allclose(tf[1], np.array([1, 5]) / np.sqrt(26), rtol=1e-6)
+    np.testing.assert_allclose(tf[0], [0.6, 0.8], rtol=1e-6)
+    assert tf.dtype == np.float32
+
+
+def test_template_features_no_norm_and_scores():
+    feats, t, m = _hand_case()
+    _, tf = template_features(feats, t, m, use_norm=False)
+    # unit features: (1,0),(0,1) -> mean (.5,.5); + (0,1) = (.5, 1.5)
+    np.testing.assert_allclose(tf[1], np.array([0.5, 1.5]) / np.linalg.norm([0.5, 1.5]), rtol=1e-6)
+    s = np.array([1.0, 3.0, 0.5, 2.0])
+    _, tf = template_features(feats, t, m, use_norm=True, scores=s)
+    # (2,0)*1, (0,2)*3 -> mean (1, 3); + (0,4)*.5 = (1, 5)  (same direction by construction)
+    np.testing.assert_allclose(tf[1], np.array([1, 5]) / np.sqrt(26), rtol=1e-6)
+    _, tf = template_features(feats, t, m, use_norm=False, scores=s)
+    # (1,0),(0,3) -> (.5, 1.5); + (0, .5) = (.5, 2)
+    np.testing.assert_allclose(tf[1], np.array([0.5, 2.0]) / np.linalg.norm([0.5, 2.0]), rtol=1e-6)
+
+
+def test_template_features_matches_loop():
+    rng = np.random.default_rng(0)
+    n, d = 400, 8
+    feats = rng.standard_normal((n, d))
+    t = rng.integers(0, 30, n)
+    m = rng.integers(0, 5, n) + 100 * t  # medias unique per template, as in IJB
+    m[::7] = 3  # plus some media ids shared across templates
+    sc = rng.uniform(0.1, 1.0, n)
+    ut, tf = template_features(feats, t, m, use_norm=False, scores=sc)
+    x = feats / np.linalg.norm(feats, axis=1, keepdims=True) * sc[:, None]
+    for k, tt in enumerate(ut):
+        ms = [x[(t == tt) & (m == mm)].mean(0) for mm in np.unique(m[t == tt])]
+        v = np.sum(ms, 0)
+        np.testing.assert_allclose(tf[k], v / np.linalg.norm(v), rtol=1e-5, atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------------ scores
+def test_pair_scores_methods_agree_with_loop():
+    rng = np.random.default_rng(1)
+    T, D, P = 257, 16, 5000
+    tids = rng.choice(10_000, T, replace=False)  # unsorted ids on purpose
+    F = rng.standard_normal((T, D)).astype(np.float32)
+    F /= np.linalg.norm(F, axis=1, keepdims=True)
+    p1, p2 = tids[rng.integers(0, T, P)], tids[rng.integers(0, T, P)]
+    row = {t: i for i, t in enumerate(tids)}
+    naive = np.array([float(np.dot(F[row[a]].astype(np.float64), F[row[b]])) for a, b in zip(p1, p2)])
+    s_mat = pair_scores(tids, F, p1, p2, method="matrix", chunk=50)
+    s_mat_default = pair_scores(tids, F, p1, p2, method="matrix")
+    s_pairs = pair_scores(tids, F, p1, p2, method="pairs", chunk=777)
+    np.testing.assert_allclose(s_mat, naive, atol=1e-5)
+    np.testing.assert_allclose(s_mat_default, naive, atol=1e-5)
+    np.testing.assert_allclose(s_pairs, naive, atol=1e-5)
+
+
+def test_pair_scores_unknown_template():
+    F = np.eye(3, dtype=np.float32)
+    with pytest.raises(QGFaceInputError, match="p2\\[1\\] = 9"):
+        pair_scores([1, 2, 3], F, [1, 2], [3, 9])
+
+
+# ------------------------------------------------------------------------------------------------ TAR@FAR
+def _upstream_rule(labels, scores, fars):
+    """Reference: upstream eval_ijbc.py's selection, written out as it does it."""
+    from sklearn.metrics import roc_curve
+    fpr, tpr, _ = roc_curve(labels, scores)
+    fpr, tpr = np.flipud(fpr), np.flipud(tpr)
+    out = []
+    for far in fars:
+        _, i = min(list(zip(abs(fpr - far), range(len(fpr)))))
+        out.append(tpr[i])
+    return out
+
+
+def test_tar_at_far_hand_placed():
+    # 60 positives above every negative, then 10 negatives, then the 11th negative above the other 40 positives:
+    # the ROC point (fpr=0.01, tpr=0.6) exists and has the largest TPR at that FPR.
+    pos = np.r_[np.linspace(0.95, 0.99, 60), np.linspace(0.30, 0.40, 40)]
+    neg = np.r_[np.linspace(0.90, 0.909, 10), np.linspace(0.0, 0.8, 990)]
+    scores = np.r_[pos, neg]
+    labels = np.r_[np.ones(100, int), np.zeros(1000, int)]
+    res, roc = tar_at_far(scores, labels, return_roc=True)
+    assert res["tar_at_far_1e-02"] == pytest.approx(0.6)
+    assert set(res) == {f"tar_at_far_{f:.0e}" for f in (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)}
+    assert res["tar_at_far_1e-06"] == pytest.approx(0.6)  # nearest point to 1e-6 is fpr=0 with tpr 0.6
+    assert set(roc) == {"fpr", "tpr", "thresholds", "auc"} and len(roc["fpr"]) == len(roc["tpr"])
+    assert list(res.values()) == pytest.approx(_upstream_rule(labels, scores, sorted(
+        (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1))))
+
+
+def test_tar_at_far_matches_upstream_rule_random():
+    rng = np.random.default_rng(2)
+    for trial in range(5):
+        n = 3000
+        labels = (rng.random(n) < 0.2).astype(int)
+        scores = rng.standard_normal(n) + 1.5 * labels
+        if trial % 2:
+            scores = np.round(scores, 1)  # ties
+        fars = (1e-4, 1e-3, 1e-2, 0.05, 1e-1)
+        res = tar_at_far(scores, labels, fars)
+        assert list(res.values()) == pytest.approx(_upstream_rule(labels, scores, fars))
+
+
+def test_tar_at_far_bad_labels():
+    with pytest.raises(QGFaceInputError):
+        tar_at_far([0.1, 0.2], [1, 1])
+
+
+# ------------------------------------------------------------------------------------------------ bench
+def test_bench_eval_quick():
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    r = subprocess.run([sys.executable, str(ROOT / "tools" / "bench_eval.py"), "--quick"], capture_output=True,
+                       text=True, env=env, timeout=120)
+    assert r.returncode == 0, r.stderr
+    import json
+    res = json.loads(r.stdout.strip().splitlines()[-1])
+    assert res["pairs"] == 20_000 and res["max_abs_diff"] < 1e-5 and res["matrix_s"] > 0

@@ -152,7 +152,8 @@ class QGFaceLoss(nn.Module):
         # 3. enqueue + proxy correction (one centre lookup)
         lookup = partial(fetch_centres, weight=self.classifier.weight,
                          class_start=self.classifier.class_start, num_local=self.classifier.num_local,
-                         num_classes=self.num_classes)
+                         num_classes=self.num_classes,
+                         check=self.num_classes is None)  # else the labels were checked on entry
         if self.training:
             keys, slots = self.queue.enqueue_and_correct(packed[:, :dim], global_labels, lookup)
         else:  # evaluation never writes to the queue

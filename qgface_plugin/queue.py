@@ -38,7 +38,8 @@ def check_queue_size(size: int, name: str = "qgface_queue_size") -> int:
 
 @torch.no_grad()
 def fetch_centres(labels: torch.Tensor, weight: torch.Tensor, class_start: int = 0,
-                  num_local: int | None = None, num_classes: int | None = None) -> torch.Tensor:
+                  num_local: int | None = None, num_classes: int | None = None,
+                  check: bool = True) -> torch.Tensor:
     """Current class centres W[labels] from a class-sharded weight, with **one** collective.
 
     Partial FC shards the ``[C, D]`` class-centre matrix: rank r holds rows
@@ -55,13 +56,15 @@ def fetch_centres(labels: torch.Tensor, weight: torch.Tensor, class_start: int =
         num_local: rows in this rank's shard (default ``weight.shape[0]``).
         num_classes: C; if given, labels outside ``[0, C)`` raise, and a whole-matrix weight is
             recognised as replicated (without it, a process group means "sharded").
+        check: validate the labels (device syncs); callers whose labels are already validated, such
+            as the training step reading its own queue, pass False.
 
     Returns:
         ``[n, D]`` float32 (float64 for a float64 weight), detached, identical on every rank.
     """
     num_local = weight.shape[0] if num_local is None else num_local
     labels = labels.reshape(-1).long()
-    if num_classes is not None and labels.numel():
+    if check and num_classes is not None and labels.numel():
         lo, hi = (int(v) for v in torch.aminmax(labels))
         if lo < 0 or hi >= num_classes:
             raise QGFaceInputError(
@@ -69,7 +72,7 @@ def fetch_centres(labels: torch.Tensor, weight: torch.Tensor, class_start: int =
     local = labels - class_start
     replicated = num_classes is not None and class_start == 0 and num_local >= num_classes
     if replicated or not dist.is_distributed():
-        if labels.numel() and not bool(((local >= 0) & (local < num_local)).all()):
+        if check and labels.numel() and not bool(((local >= 0) & (local < num_local)).all()):
             raise QGFaceInputError(
                 f"labels outside the classes [{class_start}, {class_start + num_local}) held by the "
                 "weight, and no process group to fetch them from")

@@ -15,7 +15,7 @@ from _models import TinyCNN, export_tiny_onnx
 from qgface_plugin.errors import QGFaceInputError
 from qgface_plugin.eval import FeatureExtractor, evaluate, evaluate_bin, load_bin, lowres_variant
 from qgface_plugin.eval.features import preprocess
-from qgface_plugin.eval.verification import fold_indices
+from qgface_plugin.eval.verification import fold_indices, pair_quality, pair_quality_bins
 from qgface_plugin.synthetic import make_dataset, write_verification_bin
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -115,6 +115,113 @@ def test_evaluate_matches_upstream_verification():
         assert ours["accuracy"] == pytest.approx(float(np.mean(acc)), abs=1e-12)
         assert ours["std"] == pytest.approx(float(np.std(acc)), abs=1e-12)
         assert 0.5 < ours["accuracy"] < 1.0  # a non-trivial case
+
+
+# ------------------------------------------------------------------------------------- quality bins
+def _quality_case():
+    """60 pairs (10 folds of 6) with hand-placed kinds, shuffled so bins and folds do not line up.
+
+    Kinds: "g0" genuine at distance 0 and "i2" impostor at distance 2 are right under any threshold in
+    (0, 2]; "g4" genuine at distance 4 (never accepted: thresholds stop at 3.99) and "i0" impostor twin
+    at distance 0 are always wrong there. Every training split then picks t = 0.01. Quality (min norm):
+    lowest third (1..20) all wrong, middle (21..40) half wrong, highest (41..60) all right.
+    """
+    kinds = (["g4"] * 18 + ["i0"] * 2            # lowest: 20 wrong, 18 genuine
+             + ["g4"] * 5 + ["i0"] * 5 + ["g0"] * 6 + ["i2"] * 4  # middle: 10 wrong, 11 genuine
+             + ["g0"] * 14 + ["i2"] * 6)         # highest: all right, 14 genuine
+    quality = np.arange(1.0, 61.0)
+    perm = np.random.default_rng(0).permutation(60)
+    kinds, quality = [kinds[i] for i in perm], quality[perm]
+    angle = {"g0": 0.0, "i0": 0.0, "i2": np.pi / 2, "g4": np.pi}
+    feats = _pairs_from_angles([angle[k] for k in kinds])
+    issame = np.array([k.startswith("g") for k in kinds])
+    norms = np.empty(120)
+    norms[0::2], norms[1::2] = quality + 100.0, quality  # the second image sets the pair quality
+    norms[0::2][::2], norms[1::2][::2] = quality[::2], quality[::2] + 0.5  # ... or the first one
+    return feats, issame, norms, quality
+
+
+def test_pair_quality_is_the_smaller_norm():
+    assert pair_quality([3.0, 5.0, 7.0, 2.0]).tolist() == [3.0, 2.0]
+    with pytest.raises(QGFaceInputError, match="odd"):
+        pair_quality([1.0, 2.0, 3.0])
+
+
+def test_pair_quality_bins_hand_placed():
+    feats, issame, norms, quality = _quality_case()
+    np.testing.assert_array_equal(pair_quality(norms), quality)
+    overall = evaluate(feats, issame)
+    assert overall["fold_threshold"] == pytest.approx([0.01] * 10)
+    assert overall["accuracy"] == pytest.approx(30 / 60)
+    bins = pair_quality_bins(feats, issame, norms)
+    assert [b["bin"] for b in bins] == ["lowest", "middle", "highest"]
+    assert [b["count"] for b in bins] == [20, 20, 20]
+    assert [b["accuracy"] for b in bins] == [0.0, 0.5, 1.0]
+    assert [b["genuine_fraction"] for b in bins] == [18 / 20, 11 / 20, 14 / 20]
+    assert [(b["norm_min"], b["norm_max"]) for b in bins] == [(1.0, 20.0), (21.0, 40.0), (41.0, 60.0)]
+    combined = sum(b["count"] * b["accuracy"] for b in bins) / 60
+    assert combined == pytest.approx(overall["accuracy"], abs=1e-12)
+    q = pair_quality_bins(feats, issame, norms, bins=4)
+    assert [b["bin"] for b in q] == ["q1", "q2", "q3", "q4"] and [b["count"] for b in q] == [15] * 4
+    assert [b["accuracy"] for b in q] == [0.0, 0.0, 1.0, 1.0]  # the middle third's wrong pairs are 21..30
+    one = pair_quality_bins(feats, issame, norms, bins=1)
+    assert one[0]["bin"] == "q1" and one[0]["accuracy"] == pytest.approx(overall["accuracy"])
+
+
+def test_pair_quality_bins_use_each_folds_own_threshold():
+    # the threshold differs between folds, so per-pair correctness must come from the testing fold
+    rng = np.random.default_rng(5)
+    for n_pairs in (200, 600):
+        issame = np.arange(n_pairs) % 2 == 0
+        base = rng.normal(size=(n_pairs, 8))
+        second = np.where(issame[:, None], base + rng.normal(size=base.shape), rng.normal(size=base.shape))
+        feats = np.empty((2 * n_pairs, 8))
+        feats[0::2], feats[1::2] = base, second
+        norms = rng.uniform(1, 30, 2 * n_pairs)
+        overall = evaluate(feats, issame)
+        assert len(set(overall["fold_threshold"])) > 1 and 0.5 < overall["accuracy"] < 1.0
+        for nb in (1, 3, 7):
+            bins = pair_quality_bins(feats, issame, norms, bins=nb)
+            assert sum(b["count"] for b in bins) == n_pairs
+            combined = sum(b["count"] * b["accuracy"] for b in bins) / n_pairs
+            assert combined == pytest.approx(overall["accuracy"], abs=1e-12)  # equal folds: exact
+            gen = sum(b["count"] * b["genuine_fraction"] for b in bins) / n_pairs
+            assert gen == pytest.approx(0.5)
+            lows = [b["norm_min"] for b in bins]
+            assert lows == sorted(lows) and all(b["norm_min"] <= b["norm_max"] for b in bins)
+
+
+def test_pair_quality_bins_unequal_folds_are_within_the_stated_bound():
+    rng = np.random.default_rng(7)
+    for n_pairs in (13, 37, 203, 1005):
+        r, k = n_pairs % 10, 10
+        issame = rng.random(n_pairs) < 0.5
+        base = rng.normal(size=(n_pairs, 8))
+        second = np.where(issame[:, None], base + 1.5 * rng.normal(size=base.shape), rng.normal(size=base.shape))
+        feats = np.empty((2 * n_pairs, 8))
+        feats[0::2], feats[1::2] = base, second
+        overall = evaluate(feats, issame)
+        bins = pair_quality_bins(feats, issame, rng.uniform(1, 30, 2 * n_pairs), bins=3)
+        combined = sum(b["count"] * b["accuracy"] for b in bins) / n_pairs
+        sizes = np.array([len(t) for t in fold_indices(n_pairs)])
+        pooled = float(np.dot(overall["fold_accuracy"], sizes)) / n_pairs
+        assert combined == pytest.approx(pooled, abs=1e-12)  # always: bins partition the pairs
+        assert abs(combined - overall["accuracy"]) <= r * (k - r) / (k * n_pairs) + 1e-12
+
+
+def test_pair_quality_bins_rejects_bad_input():
+    feats, issame, norms, _ = _quality_case()
+    for bad in (0, -1, 61):
+        with pytest.raises(QGFaceInputError, match=f"bins={bad} must be in 1..60"):
+            pair_quality_bins(feats, issame, norms, bins=bad)
+    with pytest.raises(QGFaceInputError, match="118 norms do not match 60 pairs"):
+        pair_quality_bins(feats, issame, norms[:-2])
+    bad_norms = norms.copy()
+    bad_norms[3] = np.nan
+    with pytest.raises(QGFaceInputError, match="NaN"):
+        pair_quality_bins(feats, issame, bad_norms)
+    with pytest.raises(QGFaceInputError, match="pairs"):
+        pair_quality_bins(feats[:-2], issame, norms)
 
 
 # ------------------------------------------------------------------------------------------ load_bin
@@ -241,6 +348,29 @@ def test_evaluate_bin_variants(bin_dir, onnx_model):
     images, issame = load_bin(bin_dir / "lfw.bin")
     direct = FeatureExtractor(onnx_model)(lowres_variant(images, 8))
     assert evaluate(direct["features"], issame)["accuracy"] == pytest.approx(rows["lr8"]["accuracy"])
+    # quality bins of the variant = pair_quality_bins on the variant's own features and raw norms
+    expect = pair_quality_bins(direct["features"], issame, direct["norms"])
+    assert [b["bin"] for b in rows["lr8"]["quality_bins"]] == ["lowest", "middle", "highest"]
+    for got, ref in zip(rows["lr8"]["quality_bins"], expect):
+        assert got["count"] == ref["count"] and got["accuracy"] == pytest.approx(ref["accuracy"])
+        assert got["norm_min"] == pytest.approx(ref["norm_min"], rel=1e-5)
+    for row in rows.values():
+        assert sum(b["count"] for b in row["quality_bins"]) == 40
+        combined = sum(b["count"] * b["accuracy"] for b in row["quality_bins"]) / 40
+        assert combined == pytest.approx(row["accuracy"], abs=1e-12)  # 40 pairs: equal folds
+
+
+def test_evaluate_bin_quality_bins_option(bin_dir, onnx_model):
+    ext = FeatureExtractor(onnx_model)
+    assert "quality_bins" not in evaluate_bin(ext, bin_dir / "lfw.bin", bins=0)["original"]
+    assert "quality_bins" not in evaluate_bin(ext, bin_dir / "lfw.bin", bins=None)["original"]
+    assert len(evaluate_bin(ext, bin_dir / "lfw.bin", bins=5)["original"]["quality_bins"]) == 5
+
+    def no_embedding(*a, **k):
+        raise AssertionError("bins must be checked before embedding")
+    for bad in (-1, 41):
+        with pytest.raises(QGFaceInputError, match=f"lfw.bin: quality bins: bins={bad} must be in 1..40"):
+            evaluate_bin(no_embedding, bin_dir / "lfw.bin", bins=bad)
 
 
 def test_tool_end_to_end_onnx(bin_dir, onnx_model, tmp_path, capsys):
@@ -252,10 +382,34 @@ def test_tool_end_to_end_onnx(bin_dir, onnx_model, tmp_path, capsys):
     assert list(report["results"]) == ["lfw"]
     assert list(report["results"]["lfw"]) == ["original", "lr8", "lr12", "lr16", "lr20"]
     for row in report["results"]["lfw"].values():
-        assert {"accuracy", "std", "norm_mean"} <= set(row)
+        assert {"accuracy", "std", "norm_mean", "quality_bins"} <= set(row)
+        bins = row["quality_bins"]
+        assert [b["bin"] for b in bins] == ["lowest", "middle", "highest"]
+        assert {"count", "norm_min", "norm_max", "accuracy", "genuine_fraction"} <= set(bins[0])
+        assert all(0.0 <= b["accuracy"] <= 1.0 for b in bins)  # fractions in JSON
+    assert report["quality_bins"] == 3
     md = (out / "verification.md").read_text()
     assert "| lfw |" in md and "lr20" in md and "±" in md
+    assert "| target | variant | lowest | middle | highest |" in md
+    assert "| lfw | lr8 |" in md and "| lfw | original |" in md
+    b = report["results"]["lfw"]["lr8"]["quality_bins"][0]
+    assert f"{100 * b['accuracy']:.2f} [{100 * b['genuine_fraction']:.0f}]" in md.split("| lfw | lr8 |")[1]
     assert "| lfw |" in capsys.readouterr().out
+
+
+def test_tool_quality_bins_flag(bin_dir, onnx_model, tmp_path, capsys):
+    base = ["--model", str(onnx_model), "--data", str(bin_dir), "--batch-size", "40"]
+    assert tool.main(base + ["--output", str(tmp_path / "a"), "--quality-bins", "0"]) == 0
+    report = json.loads((tmp_path / "a" / "verification.json").read_text())
+    assert "quality_bins" not in report["results"]["lfw"]["original"]
+    assert "pair quality" not in (tmp_path / "a" / "verification.md").read_text()
+    assert tool.main(base + ["--output", str(tmp_path / "b"), "--quality-bins", "4"]) == 0
+    report = json.loads((tmp_path / "b" / "verification.json").read_text())
+    assert [b["bin"] for b in report["results"]["lfw"]["original"]["quality_bins"]] == ["q1", "q2", "q3", "q4"]
+    assert "| target | variant | q1 | q2 | q3 | q4 |" in (tmp_path / "b" / "verification.md").read_text()
+    capsys.readouterr()
+    assert tool.main(base + ["--output", str(tmp_path / "c"), "--quality-bins", "41"]) == 2
+    assert "bins=41 must be in 1..40" in capsys.readouterr().err
 
 
 def test_tool_errors(bin_dir, onnx_model, tmp_path, capsys):

@@ -69,7 +69,8 @@ def main(argv=None) -> int:
         extractor, info = make_extractor(args)
         t0 = time.time()
         res = evaluate_scface(extractor, Path(args.data), protocol=args.protocol, subjects=subjects,
-                              bins=args.quality_bins, progress=args.progress)
+                              bins=args.quality_bins, progress=args.progress, workers=args.workers,
+                              cache_dir=args.cache)
         seconds = round(time.time() - t0, 3)
     except (QGFaceInputError, QGFaceConfigError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -51,7 +51,8 @@ def main(argv=None) -> int:
         extractor, info = make_extractor(args)
         t0 = time.time()
         res = evaluate_tinyface(extractor, Path(args.data), ranks=tuple(args.ranks), bins=args.quality_bins,
-                                progress=args.progress)
+                                progress=args.progress, workers=args.workers,
+                                cache_dir=args.cache)
         seconds = round(time.time() - t0, 3)
     except (QGFaceInputError, QGFaceConfigError) as e:
         print(f"error: {e}", file=sys.stderr)

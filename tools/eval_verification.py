@@ -2,16 +2,21 @@
 
     python tools/eval_verification.py --network r50 --model model.pt --data DIR --output out/ \
         [--targets lfw cfp_fp agedb_30 calfw cplfw] [--lowres 8 12 16 20] [--flip sum|norm_weighted|none] \
-        [--batch-size 64] [--arcface-root PATH]
+        [--quality-bins 3] [--batch-size 64] [--arcface-root PATH]
 
 ``--model`` is an arcface_torch ``model.pt`` (a backbone state dict, ``module.`` prefixes stripped, or a
 checkpoint dict with ``state_dict_backbone``; the backbone is built with upstream's ``get_model``) or
 an ``.onnx`` file (then ``--network`` is not needed). A low-resolution variant ``lrS`` downsamples the
 first image of every pair to S px and back to 112 (see ``qgface_plugin.eval.verification``).
 
+Quality view (``--quality-bins N``, default 3, 0 disables): per target and variant, the pairs are split
+into N quantile bins of pair quality (the smaller of the two images' raw, non-flipped feature norms) and
+the accuracy of each bin is reported, every pair judged with its own fold's threshold (see
+``qgface_plugin.eval.verification.pair_quality_bins``).
+
 Writes ``<output>/verification.json`` (per target and variant: accuracy and std as fractions, mean
-threshold, mean raw feature norm) and ``<output>/verification.md`` (accuracy mean +- std in percent),
-and prints the table.
+threshold, mean raw feature norm, ``quality_bins``) and ``<output>/verification.md`` (accuracy mean +- std,
+and accuracy by quality bin, in percent), and prints the tables.
 """
 from __future__ import annotations
 
@@ -32,6 +37,8 @@ def parse_args(argv=None):
                    help=f"bin names without .bin (default: those of {' '.join(TARGETS)} present)")
     p.add_argument("--lowres", nargs="*", type=int, default=[], help="low-res sizes in px, e.g. 8 12 16 20")
     p.add_argument("--nfolds", type=int, default=10)
+    p.add_argument("--quality-bins", type=int, default=3,
+                   help="quantile bins of pair quality (min raw feature norm of the pair); 0 disables")
     return p.parse_args(argv)
 
 
@@ -64,7 +71,28 @@ def markdown(results: dict, flip: str, nfolds: int = 10) -> str:
     for t, rows in results.items():
         cells = [f"{rows[v]['norm_mean']:.3f}" if v in rows else "-" for v in variants]
         lines.append(f"| {t} | " + " | ".join(cells) + " |")
+    lines += _quality_markdown(results)
     return "\n".join(lines) + "\n"
+
+
+def _quality_markdown(results: dict) -> list:
+    """Accuracy by pair-quality bin (%), one row per target and variant; [] when no row has bins."""
+    bins = []
+    for rows in results.values():
+        for row in rows.values():
+            bins += [b["bin"] for b in row.get("quality_bins", []) if b["bin"] not in bins]
+    if not bins:
+        return []
+    lines = ["", "Accuracy by pair quality, % (quantile bins of min raw feature norm of the pair, lowest first; "
+             "each pair judged with its fold's threshold). Cell: accuracy [genuine share of the bin, %]", "",
+             "| target | variant | " + " | ".join(bins) + " |", "|---" * (len(bins) + 2) + "|"]
+    for t, rows in results.items():
+        for v, row in rows.items():
+            got = {b["bin"]: b for b in row.get("quality_bins", [])}
+            cells = [f"{100 * got[b]['accuracy']:.2f} [{100 * got[b]['genuine_fraction']:.0f}]" if b in got
+                     else "-" for b in bins]
+            lines.append(f"| {t} | {v} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def main(argv=None) -> int:
@@ -77,14 +105,18 @@ def main(argv=None) -> int:
         for t in targets:
             t0 = time.time()
             results[t] = evaluate_bin(extractor, data / f"{t}.bin", lowres_sizes=args.lowres, nfolds=args.nfolds,
-                                      progress=args.progress)
+                                      bins=args.quality_bins, progress=args.progress)
             seconds[t] = round(time.time() - t0, 3)
     except (QGFaceInputError, QGFaceConfigError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     report = {"model": str(args.model), "model_info": info, "flip": args.flip, "nfolds": args.nfolds,
-              "lowres_sizes": list(args.lowres), "units": {"accuracy": "fraction", "std": "fraction",
-                                                            "threshold": "squared L2 distance of unit features"},
+              "lowres_sizes": list(args.lowres), "quality_bins": args.quality_bins,
+              "pair_quality": "min of the two images' raw (non-flipped) feature norms",
+              "units": {"accuracy": "fraction", "std": "fraction",
+                        "threshold": "squared L2 distance of unit features",
+                        "quality_bins.accuracy": "fraction", "quality_bins.genuine_fraction": "fraction",
+                        "quality_bins.norm_min": "raw feature norm (pair quality)"},
               "seconds": seconds, "results": results}
     write_report(args.output, "verification", report, markdown(results, args.flip, args.nfolds))
     return 0

@@ -22,7 +22,9 @@ def evaluator_parser(description: str, data_help: str) -> argparse.ArgumentParse
     p.add_argument("--device", default="cpu")
     p.add_argument("--fp16", action="store_true")
     p.add_argument("--arcface-root", default=None, help="arcface_torch folder (default: ARCFACE_TORCH_ROOT, ...)")
-    p.add_argument("--progress", action="store_true")
+    p.add_argument("--workers", type=int, default=None, help="image decoding threads (default: cores, at most 8)")
+    p.add_argument("--cache", default=None, help="folder for a resumable on-disk cache of image features")
+    p.add_argument("--progress", action="store_true", help="progress bars on stderr")
     return p
 
 

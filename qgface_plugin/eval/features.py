@@ -17,6 +17,7 @@ quality score used by QGFace / AdaFace / MagFace.
 """
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -24,7 +25,8 @@ import numpy as np
 
 from ..errors import QGFaceInputError
 
-__all__ = ["FLIP_MODES", "FeatureExtractor", "preprocess", "load_model", "load_images", "embed_files"]
+__all__ = ["FLIP_MODES", "FeatureExtractor", "preprocess", "load_model", "read_image", "load_images", "embed_items",
+           "embed_files", "default_workers"]
 
 FLIP_MODES = ("sum", "norm_weighted", "none")
 
@@ -80,6 +82,26 @@ class FeatureExtractor:
             self.model = model.to(self.device).eval()
             self.source = type(model).__name__
 
+    def cache_key(self) -> dict:
+        """What determines the features (for :class:`~qgface_plugin.eval.cache.FeatureCache`): a SHA-1 of
+        the weights (ONNX file bytes, or every tensor of the torch state dict), the flip mode and fp16."""
+        import hashlib
+        h = hashlib.sha1()
+        if self.session is not None:
+            with open(self.source, "rb") as f:
+                for block in iter(lambda: f.read(1 << 22), b""):
+                    h.update(block)
+            kind = "onnx"
+        else:
+            import torch
+            for name, t in self.model.state_dict().items():
+                t = t.detach().cpu().contiguous()
+                h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+                h.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+            kind = "torch"
+        return {"model_sha1": h.hexdigest(), "kind": kind, "flip": self.flip,
+                "fp16": self.fp16 and self.session is None, "preprocess": "rgb,(x/255-0.5)/0.5"}
+
     # ----------------------------------------------------------------------------------------- forward
     def _forward_onnx(self, x: np.ndarray) -> np.ndarray:
         if self.fixed_batch is None:
@@ -126,6 +148,7 @@ class FeatureExtractor:
                                    f"{images.shape} dtype {images.dtype}")
         feats, norms = [], []
         n = len(images)
+        bar = _progress_bar(n, "embedded", progress)
         for i in range(0, n, self.batch_size):
             x = preprocess(images[i:i + self.batch_size])
             f = self.embed(x)
@@ -140,10 +163,8 @@ class FeatureExtractor:
                         + (g / np.maximum(gn, 1e-12)[:, None]) * gn[:, None]
             feats.append(f.astype(np.float32))
             norms.append(norm.astype(np.float32))
-            if progress:
-                print(f"\rembedded {min(i + self.batch_size, n)}/{n}", end="", file=sys.stderr, flush=True)
-        if progress:
-            print(file=sys.stderr)
+            bar.update(len(f))
+        bar.close()
         if not feats:
             return {"features": np.zeros((0, 0), np.float32), "norms": np.zeros((0,), np.float32)}
         return {"features": np.concatenate(feats), "norms": np.concatenate(norms)}
@@ -170,29 +191,110 @@ def load_model(model_path, network=None, root=None):
     return net, {"kind": "torch", "network": network, "embedding_size": infer_embedding_size(net.state_dict())}
 
 
-def load_images(paths, size=112) -> np.ndarray:
-    """Read images with OpenCV, BGR -> RGB, resized to ``size`` x ``size`` if needed: ``[N,size,size,3]`` uint8."""
+def read_image(path, size=112) -> np.ndarray:
+    """One image file with OpenCV, BGR -> RGB, resized to ``size`` x ``size`` if needed: ``[size,size,3]`` uint8."""
     import cv2
+    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if img is None:
+        raise QGFaceInputError(f"{path}: cannot be read as an image (missing, unreadable or not an image)")
+    if img.shape[:2] != (size, size):
+        img = cv2.resize(img, (size, size), interpolation=cv2.INTER_LINEAR)
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+def load_images(paths, size=112) -> np.ndarray:
+    """Read images with :func:`read_image`: ``[N,size,size,3]`` uint8 RGB."""
     out = np.empty((len(paths), size, size, 3), dtype=np.uint8)
     for i, path in enumerate(paths):
-        img = cv2.imread(str(path), cv2.IMREAD_COLOR)
-        if img is None:
-            raise QGFaceInputError(f"{path}: cannot be read as an image")
-        if img.shape[:2] != (size, size):
-            img = cv2.resize(img, (size, size), interpolation=cv2.INTER_LINEAR)
-        out[i] = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+        out[i] = read_image(path, size)
     return out
 
 
-def embed_files(extractor, paths, load_batch=1024, progress=False, what="images"):
-    """Fused features and norms of image files, read ``load_batch`` at a time: ``([N, D], [N])``."""
-    feats, norms = [], []
-    for i in range(0, len(paths), load_batch):
-        r = extractor(load_images(paths[i:i + load_batch]))
-        feats.append(r["features"])
-        norms.append(r["norms"])
-        if progress:
-            print(f"\r{what}: {min(i + load_batch, len(paths))}/{len(paths)}", end="", file=sys.stderr, flush=True)
-    if progress:
-        print(file=sys.stderr)
+def default_workers() -> int:
+    """Decoding threads: all cores up to 8 (OpenCV releases the GIL while decoding and warping)."""
+    return max(1, min(8, os.cpu_count() or 1))
+
+
+def embed_items(extractor, n, load, load_batch=1024, progress=False, what="images", workers=None, cache=None):
+    """Fused features and norms of ``n`` items: ``([n, D] float32, [n] float32)``.
+
+    Args:
+        extractor: a :class:`FeatureExtractor` (anything callable like one).
+        n: number of items.
+        load: ``load(i) -> [112,112,3] uint8 RGB`` for item ``i`` (decoding, alignment, ...); called from
+            ``workers`` threads, so it must be thread-safe (OpenCV/numpy code is).
+        load_batch: items decoded and embedded per chunk; the next chunk is decoded while the current one
+            is embedded. Also the cache's shard size.
+        workers: decoding threads (default :func:`default_workers`; 0 = decode in this thread).
+        cache: a :class:`~qgface_plugin.eval.cache.FeatureCache` (or ``None``): chunks already on disk are
+            read back instead of recomputed, new ones are written as they finish, so an interrupted run
+            resumes where it stopped.
+        progress: a progress bar (tqdm, on stderr) labelled ``what``.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    n = int(n)
+    load_batch = max(1, int(load_batch))
+    workers = default_workers() if workers is None else max(0, int(workers))
+    if cache is not None:
+        cache.check_layout(n, load_batch)
+    starts = list(range(0, n, load_batch))
+    feats, norms = [None] * len(starts), [None] * len(starts)
+    bar = _progress_bar(n, what, progress)
+    if cache is not None:
+        for k in range(len(starts)):
+            hit = cache.get(k)
+            if hit is not None:
+                feats[k], norms[k] = hit
+                bar.update(len(hit[1]))
+    missing = [k for k in range(len(starts)) if feats[k] is None]
+    pool = ThreadPoolExecutor(workers) if workers > 0 and missing else None
+
+    def submit(k):
+        idx = range(starts[k], min(starts[k] + load_batch, n))
+        return [load(i) for i in idx] if pool is None else [pool.submit(load, i) for i in idx]
+
+    def collect(pending):
+        return np.stack([p if pool is None else p.result() for p in pending])
+
+    try:
+        pending = submit(missing[0]) if missing else None
+        for j, k in enumerate(missing):
+            images = collect(pending)
+            # decode the next chunk in the pool while this one is embedded
+            pending = submit(missing[j + 1]) if j + 1 < len(missing) else None
+            r = extractor(images)
+            feats[k], norms[k] = r["features"], r["norms"]
+            if cache is not None:
+                cache.put(k, feats[k], norms[k])
+            bar.update(len(images))
+    finally:
+        bar.close()
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+    if not feats:
+        return np.zeros((0, 0), np.float32), np.zeros((0,), np.float32)
     return np.concatenate(feats), np.concatenate(norms)
+
+
+def embed_files(extractor, paths, load_batch=1024, progress=False, what="images", workers=None, cache_dir=None,
+                cache_name=None):
+    """Fused features and norms of image files (:func:`read_image`): ``([N, D], [N])``; see :func:`embed_items`.
+
+    With ``cache_dir``, features are cached under ``<cache_dir>/<cache_name>-<key>/`` (key: the model, the
+    flip mode and the files' paths, sizes and modification times).
+    """
+    paths = list(paths)
+    cache = None
+    if cache_dir is not None:
+        from .cache import files_digest, make_cache
+        cache = make_cache(cache_dir, cache_name or what, extractor, files_digest(paths))
+    return embed_items(extractor, len(paths), lambda i: read_image(paths[i]), load_batch=load_batch,
+                       progress=progress, what=what, workers=workers, cache=cache)
+
+
+def _progress_bar(total, what, enabled):
+    """A tqdm bar on stderr (a do-nothing one when disabled)."""
+    from tqdm import tqdm
+    return tqdm(total=total, desc=what, unit="img", disable=not enabled, file=sys.stderr, dynamic_ncols=True,
+                mininterval=1.0)

@@ -15,7 +15,7 @@ not copied):
 Deliberate differences from upstream: a pair naming a template id that has no images raises
 :class:`~qgface_plugin.errors.QGFaceInputError` (upstream silently maps it to row 0 or raises ``IndexError``);
 template features are returned as float32 (upstream keeps float64; scores agree to float32 tolerance).
-Image loading, alignment and feature extraction are not part of this module.
+Image alignment is :mod:`qgface_plugin.eval.align`; feature extraction :mod:`qgface_plugin.eval.features`.
 """
 from __future__ import annotations
 
@@ -26,7 +26,8 @@ import numpy as np
 
 from ..errors import QGFaceInputError
 
-__all__ = ["DEFAULT_FARS", "meta_paths", "read_meta", "template_features", "pair_scores", "tar_at_far"]
+__all__ = ["DEFAULT_FARS", "meta_paths", "read_meta", "template_features", "pair_scores", "far_key", "tar_at_far",
+           "template_quality", "quality_tar", "evaluate_ijb"]
 
 DEFAULT_FARS = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
 
@@ -262,8 +263,10 @@ def pair_scores(template_ids, template_feats, p1, p2, method: str = "matrix",
 # ----------------------------------------------------------------------------------------------------------
 # TAR @ FAR
 # ----------------------------------------------------------------------------------------------------------
-def _far_key(far: float) -> str:
-    return f"tar_at_far_{far:.0e}"
+def far_key(far: float) -> str:
+    """``1e-4 -> "TAR@FAR=1e-4"``, ``0.25 -> "TAR@FAR=2.5e-1"`` (the JSON key of a TAR)."""
+    mant, exp = f"{float(far):.3e}".split("e")
+    return f"TAR@FAR={mant.rstrip('0').rstrip('.')}e{int(exp)}"
 
 
 def tar_at_far(scores, labels, fars: Iterable[float] = DEFAULT_FARS, return_roc: bool = False):
@@ -272,8 +275,10 @@ def tar_at_far(scores, labels, fars: Iterable[float] = DEFAULT_FARS, return_roc:
     (no interpolation); among equally near points upstream's flipped-array ``min`` picks the one with the
     **largest index in roc_curve order**, i.e. the largest TPR.
 
-    Returns ``{"tar_at_far_1e-04": float, ...}``; with ``return_roc=True`` returns ``(that dict, roc)`` where
-    ``roc = {"fpr", "tpr", "thresholds", "auc"}`` (arrays in roc_curve order) for plotting.
+    Returns ``{"TAR@FAR=1e-4": float, ...}`` (:func:`far_key`); with ``return_roc=True`` returns
+    ``(that dict, roc)`` where ``roc = {"fpr", "tpr", "thresholds", "auc", "far_points"}`` (arrays in roc_curve
+    order; ``far_points[key] = (index, fpr, threshold)`` of the ROC point chosen for each FAR: a pair is
+    accepted at that point iff ``score >= threshold``).
     """
     from sklearn.metrics import auc, roc_curve
     scores = np.asarray(scores, dtype=np.float64).ravel()
@@ -285,11 +290,127 @@ def tar_at_far(scores, labels, fars: Iterable[float] = DEFAULT_FARS, return_roc:
     if not (np.any(labels == 1) and np.any(labels == 0)) or not np.isin(labels, (0, 1)).all():
         raise QGFaceInputError("tar_at_far: labels must be 0/1 with both classes present")
     fpr, tpr, thr = roc_curve(labels, scores)
-    out = {}
+    out, points = {}, {}
     for far in fars:
         d = np.abs(fpr - far)
         idx = int(np.flatnonzero(d == d.min())[-1])
-        out[_far_key(far)] = float(tpr[idx])
+        out[far_key(far)] = float(tpr[idx])
+        points[far_key(far)] = (idx, float(fpr[idx]), float(thr[idx]))
     if return_roc:
-        return out, {"fpr": fpr, "tpr": tpr, "thresholds": thr, "auc": float(auc(fpr, tpr))}
+        return out, {"fpr": fpr, "tpr": tpr, "thresholds": thr, "auc": float(auc(fpr, tpr)), "far_points": points}
     return out
+
+
+# ----------------------------------------------------------------------------------------------------------
+# quality view
+# ----------------------------------------------------------------------------------------------------------
+def template_quality(norms, templates, template_ids) -> np.ndarray:
+    """Quality of each template of ``template_ids`` (sorted, as :func:`template_features` returns): the mean
+    raw feature norm of its images."""
+    norms = np.asarray(norms, dtype=np.float64).ravel()
+    templates = np.asarray(templates).astype(np.int64, copy=False).ravel()
+    rows = _rows_of(np.asarray(template_ids, dtype=np.int64), templates, "templates")
+    total = np.bincount(rows, weights=norms, minlength=len(template_ids))
+    count = np.bincount(rows, minlength=len(template_ids))
+    return total / np.maximum(count, 1)
+
+
+def quality_tar(scores, labels, pair_quality, roc, bins: int = 3) -> list:
+    """TAR by pair-quality bin at the **global** thresholds of ``roc`` (from :func:`tar_at_far`).
+
+    Pairs (genuine and impostor together) are sorted by ``pair_quality`` (the lower of the two templates'
+    qualities; stable sort) and split into ``bins`` near-equal groups, lowest quality first. For each bin
+    and each FAR of ``roc["far_points"]``: ``TAR`` = fraction of the bin's genuine pairs with
+    ``score >= threshold`` and ``FAR`` = the same for its impostor pairs, with the threshold that gives the
+    global FAR (so the bins' genuine-count-weighted TARs add up to the global TAR). A bin without genuine
+    (impostor) pairs reports ``None`` for its TARs (FARs).
+    """
+    from .quality_view import quality_split
+    scores = np.asarray(scores, dtype=np.float64).ravel()
+    labels = np.asarray(labels).ravel()
+    q = np.asarray(pair_quality, dtype=np.float64).ravel()
+    out = []
+    for name, idx in quality_split(q, bins, "quality_tar"):
+        gen = scores[idx][labels[idx] == 1]
+        imp = scores[idx][labels[idx] == 0]
+        row = {"bin": name, "pairs": int(len(idx)), "genuine": int(len(gen)), "impostor": int(len(imp)),
+               "quality_min": float(q[idx].min()), "quality_max": float(q[idx].max())}
+        for key, (_, _, thr) in roc["far_points"].items():
+            row[key] = float((gen >= thr).mean()) if len(gen) else None
+            row[key.replace("TAR@", "FAR@")] = float((imp >= thr).mean()) if len(imp) else None
+        out.append(row)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the whole protocol
+# ----------------------------------------------------------------------------------------------------------
+def image_dir(data_dir) -> str:
+    d = os.path.join(str(data_dir), "loose_crop")
+    if not os.path.isdir(d):
+        raise QGFaceInputError(f"IJB image folder not found: {d} (expected <data>/loose_crop/ beside <data>/meta/)")
+    return d
+
+
+def evaluate_ijb(extractor, data_dir, target: str = "IJBC", use_norm: bool = True, use_detector: bool = True,
+                 fars: Iterable[float] = DEFAULT_FARS, bins: int = 3, load_batch: int = 1024, workers=None,
+                 cache_dir=None, progress: bool = False) -> dict:
+    """IJB-B/C 1:1 verification with a :class:`~qgface_plugin.eval.features.FeatureExtractor`.
+
+    Reads the meta files (:func:`read_meta`), aligns every ``loose_crop`` image with its 5 landmarks
+    (:func:`~qgface_plugin.eval.align.align_face`), embeds it (the extractor's flip fusion; upstream: sum of
+    original and flipped raw features), pools templates (:func:`template_features`; ``use_norm`` and
+    ``use_detector`` are upstream's N1 and D1), scores the pairs (:func:`pair_scores`) and reads TAR@FAR
+    (:func:`tar_at_far`). ``cache_dir`` keeps image features on disk (resumable; see
+    :mod:`~qgface_plugin.eval.cache`).
+
+    Returns a dict with ``tar_at_far``, ``auc``, ``counts``, ``protocol``, ``quality_bins``
+    (:func:`quality_tar`, template quality = mean raw feature norm of its images, pair quality = the lower
+    of the two), ``norm_mean`` and the arrays ``scores`` / ``labels`` / ``pair_quality`` / ``roc`` (for plots; not JSON).
+    """
+    from .align import align_face
+    from .features import embed_items
+    meta = read_meta(data_dir, target)
+    img_dir = image_dir(data_dir)
+    names, lms = meta["names"], meta["landmarks"]
+    pts_file = meta_paths(data_dir, target)["5pts"]
+
+    def load(i):
+        import cv2
+        path = os.path.join(img_dir, names[i])
+        img = cv2.imread(path, cv2.IMREAD_COLOR)
+        if img is None:
+            raise QGFaceInputError(f"{path}: cannot be read as an image (listed at {pts_file}:{i + 1})")
+        try:
+            return align_face(img, lms[i])
+        except QGFaceInputError as e:
+            raise QGFaceInputError(f"{pts_file}:{i + 1}: {e}") from None
+
+    cache = None
+    if cache_dir is not None:
+        from .cache import digest, files_digest, make_cache
+        items = digest(files_digest(os.path.join(img_dir, n) for n in names), lms, "align=arcface-similarity-v1")
+        cache = make_cache(cache_dir, str(target).lower(), extractor, items)
+    feats, norms = embed_items(extractor, len(names), load, load_batch=load_batch, progress=progress,
+                               what=f"{target} images", workers=workers, cache=cache)
+    tids, tfeats = template_features(feats, meta["templates"], meta["medias"], use_norm=use_norm,
+                                     scores=meta["det_scores"] if use_detector else None)
+    scores = pair_scores(tids, tfeats, meta["p1"], meta["p2"])
+    tar, roc = tar_at_far(scores, meta["labels"], fars, return_roc=True)
+    tq = template_quality(norms, meta["templates"], tids)
+    pq = np.minimum(tq[_rows_of(tids, meta["p1"], "p1")], tq[_rows_of(tids, meta["p2"], "p2")])
+    return {
+        "benchmark": str(target).upper(),
+        "tar_at_far": tar,
+        "auc": roc["auc"],
+        "far_points": {k: {"fpr": f, "threshold": t} for k, (_, f, t) in roc["far_points"].items()},
+        "protocol": {"flip": getattr(extractor, "flip", None), "norm_score": bool(use_norm),
+                     "detector_score": bool(use_detector),
+                     "template": "mean within media, sum over media, L2-normalise; cosine score"},
+        "counts": {"images": int(len(names)), "templates": int(len(tids)), "pairs": int(len(scores)),
+                   "genuine": int((meta["labels"] == 1).sum()), "impostor": int((meta["labels"] == 0).sum())},
+        "quality": "template quality = mean raw feature norm of its images; pair quality = the lower of the two",
+        "quality_bins": quality_tar(scores, meta["labels"], pq, roc, bins) if bins else [],
+        "norm_mean": float(norms.mean()),
+        "scores": scores, "labels": meta["labels"], "roc": roc, "pair_quality": pq,
+    }

@@ -198,7 +198,7 @@ def rank1_by_distance(probe_feats, probe_ids, probe_distances, gallery_feats, ga
 
 
 def evaluate_scface(extractor, root, protocol="all", subjects=None, bins=3, load_batch=1024, chunk=256,
-                    progress=False) -> dict:
+                    progress=False, workers=None, cache_dir=None) -> dict:
     """Run the SCface protocol with a :class:`~qgface_plugin.eval.features.FeatureExtractor`.
 
     Returns:
@@ -212,8 +212,10 @@ def evaluate_scface(extractor, root, protocol="all", subjects=None, bins=3, load
     pids = np.array([p[2] for p in probes], dtype=np.int64)
     pcam = np.array([p[3] for p in probes], dtype=np.int64)
     pdist = np.array([p[4] for p in probes], dtype=np.int64)
-    pf, pn = embed_files(extractor, [p[1] for p in probes], int(load_batch), progress, "probes")
-    gf, gn = embed_files(extractor, lst["gallery_paths"], int(load_batch), progress, "gallery")
+    pf, pn = embed_files(extractor, [p[1] for p in probes], int(load_batch), progress, "probes", workers,
+                         cache_dir, "scface-probes")
+    gf, gn = embed_files(extractor, lst["gallery_paths"], int(load_batch), progress, "gallery", workers,
+                         cache_dir, "scface-gallery")
     res, r = rank1_by_distance(pf, pids, pdist, gf, lst["gallery_ids"], chunk=chunk)
     per_cam = {}
     for c in sorted(set(pcam.tolist())):

@@ -30,9 +30,10 @@ import numpy as np
 
 from ..errors import QGFaceInputError
 from .features import embed_files
+from .quality_view import quality_split
 
-__all__ = ["FOLDERS", "IMAGE_EXTS", "resolve_root", "list_tinyface", "probe_ranks", "cmc", "quality_bins",
-           "evaluate_tinyface"]
+__all__ = ["FOLDERS", "IMAGE_EXTS", "resolve_root", "list_tinyface", "probe_ranks", "cmc",
+           "quality_bins", "evaluate_tinyface"]
 
 FOLDERS = ("Probe", "Gallery_Match", "Gallery_Distractor")
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp")
@@ -156,19 +157,15 @@ def cmc(probe_feats, probe_ids, gallery_feats, gallery_ids, ranks=(1, 5, 20), ch
 def quality_bins(probe_norms, correct_rank1, bins=3) -> list:
     """Rank-1 per quantile bin of probe feature norm (low norm = low quality), lowest bin first.
 
-    Probes are sorted by norm (stable) and split into ``bins`` near-equal groups. With 3 bins they are
-    named ``lowest`` / ``middle`` / ``highest``; otherwise ``q1..qB``.
+    Probes are split by :func:`quality_split` (stable sort by norm, ``bins`` near-equal groups named
+    ``lowest`` / ``middle`` / ``highest`` with 3 bins, otherwise ``q1..qB``).
     """
     norms = np.asarray(probe_norms, dtype=np.float64).reshape(-1)
     ok = np.asarray(correct_rank1, dtype=bool).reshape(-1)
     if len(norms) != len(ok):
         raise QGFaceInputError(f"quality_bins: {len(norms)} norms vs {len(ok)} rank-1 flags")
-    bins = int(bins)
-    if bins < 1 or bins > max(1, len(norms)):
-        raise QGFaceInputError(f"quality_bins: bins={bins} must be in 1..{len(norms)}")
-    names = ["lowest", "middle", "highest"] if bins == 3 else [f"q{i + 1}" for i in range(bins)]
     out = []
-    for name, idx in zip(names, np.array_split(np.argsort(norms, kind="stable"), bins)):
+    for name, idx in quality_split(norms, bins, "quality_bins"):
         out.append({"bin": name, "count": int(len(idx)), "norm_min": float(norms[idx].min()),
                     "norm_max": float(norms[idx].max()), "rank1": float(ok[idx].mean())})
     return out
@@ -176,10 +173,11 @@ def quality_bins(probe_norms, correct_rank1, bins=3) -> list:
 
 # ---------------------------------------------------------------------------------------- evaluation
 def evaluate_tinyface(extractor, root, ranks=(1, 5, 20), bins=3, load_batch=1024, chunk=256,
-                      progress=False) -> dict:
+                      progress=False, workers=None, cache_dir=None) -> dict:
     """Run the TinyFace protocol with a :class:`~qgface_plugin.eval.features.FeatureExtractor`.
 
-    Images are read ``load_batch`` at a time (so the 158k-image gallery never sits in memory as pixels).
+    Images are read ``load_batch`` at a time by ``workers`` threads (so the 158k-image gallery never sits in
+    memory as pixels); ``cache_dir`` keeps the features on disk (resumable, see :mod:`~qgface_plugin.eval.cache`).
 
     Returns:
         ``{"root", "score", "tie_rule", "cmc": {"rank1", ...}, "counts": {"probes", "gallery_match",
@@ -187,8 +185,10 @@ def evaluate_tinyface(extractor, root, ranks=(1, 5, 20), bins=3, load_batch=1024
         "distractor"}}`` (fractions, not percent).
     """
     lst = list_tinyface(root)
-    pf, pn = embed_files(extractor, lst["probe_paths"], int(load_batch), progress, "probes")
-    gf, gn = embed_files(extractor, lst["gallery_paths"], int(load_batch), progress, "gallery")
+    pf, pn = embed_files(extractor, lst["probe_paths"], int(load_batch), progress, "probes", workers,
+                         cache_dir, "tinyface-probes")
+    gf, gn = embed_files(extractor, lst["gallery_paths"], int(load_batch), progress, "gallery", workers,
+                         cache_dir, "tinyface-gallery")
     r = probe_ranks(pf, lst["probe_ids"], gf, lst["gallery_ids"], chunk=chunk)
     nm = lst["n_match"]
     return {

@@ -11,6 +11,11 @@ numpy (no mxnet, no sklearn):
    (the first one on ties) is applied to the held-out fold.
 5. Report the mean and the (population) standard deviation of the fold accuracies.
 
+Quality view (:func:`pair_quality_bins`): QGFace's raw feature norm is its quality score. A pair's
+quality is the smaller of its two images' raw (non-flipped) feature norms; pairs are split into
+quantile bins of pair quality and each pair is judged with the threshold of the fold it is tested in,
+so the bins break the 10-fold accuracy down without re-tuning anything.
+
 Accuracies are fractions in [0, 1]; norms are L2 norms of raw features (no unit).
 """
 from __future__ import annotations
@@ -22,8 +27,10 @@ import cv2
 import numpy as np
 
 from ..errors import QGFaceInputError
+from .quality_view import quality_split
 
-__all__ = ["IMAGE_SIZE", "load_bin", "lowres_variant", "fold_indices", "evaluate", "evaluate_bin"]
+__all__ = ["IMAGE_SIZE", "load_bin", "lowres_variant", "fold_indices", "evaluate", "pair_quality",
+           "pair_quality_bins", "evaluate_bin"]
 
 IMAGE_SIZE = 112
 
@@ -117,6 +124,39 @@ def _l2_normalise(x):
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
+def _check(features, issame, nfolds, what="evaluate"):
+    features = np.asarray(features)
+    issame = np.asarray(issame, dtype=bool)
+    if features.ndim != 2 or len(features) != 2 * len(issame):
+        raise QGFaceInputError(f"{what}: features {features.shape} do not match {len(issame)} pairs "
+                               "(need [2P, D])")
+    if len(issame) < nfolds:
+        raise QGFaceInputError(f"{what}: {len(issame)} pairs is fewer than nfolds={nfolds}")
+    if not np.all(np.isfinite(features)):
+        raise QGFaceInputError(f"{what}: features contain NaN or inf")
+    return features, issame
+
+
+def _protocol(features, issame, nfolds):
+    """The 10-fold protocol on checked inputs: ``(result dict, per-pair correctness [P] bool)``, where
+    pair ``i`` is judged with the threshold chosen for the fold that tests it."""
+    f = _l2_normalise(features)
+    dist = np.sum(np.square(f[0::2] - f[1::2]), axis=1)
+    thresholds = np.arange(0, 4, 0.01)
+    correct = (dist[:, None] < thresholds[None, :]) == issame[:, None]  # [P, T]
+    total = correct.sum(0)
+    accs, thrs = [], []
+    pair_ok = np.zeros(len(issame), dtype=bool)
+    for test in fold_indices(len(issame), nfolds):
+        train_correct = total - correct[test].sum(0)
+        best = int(np.argmax(train_correct))  # first best, as np.argmax in upstream
+        pair_ok[test] = correct[test, best]
+        accs.append(float(pair_ok[test].mean()))
+        thrs.append(float(thresholds[best]))
+    return ({"accuracy": float(np.mean(accs)), "std": float(np.std(accs)), "threshold": float(np.mean(thrs)),
+             "fold_accuracy": accs, "fold_threshold": thrs, "pairs": int(len(issame))}, pair_ok)
+
+
 def evaluate(features, issame, nfolds=10):
     """10-fold verification accuracy of flip-fused features ``[2P, D]`` (pair ``i`` = rows 2i, 2i+1).
 
@@ -125,42 +165,96 @@ def evaluate(features, issame, nfolds=10):
         "threshold": mean chosen squared-L2 threshold, "fold_accuracy": list, "fold_threshold": list,
         "pairs": P}``.
     """
-    features = np.asarray(features)
-    issame = np.asarray(issame, dtype=bool)
-    if features.ndim != 2 or len(features) != 2 * len(issame):
-        raise QGFaceInputError(f"evaluate: features {features.shape} do not match {len(issame)} pairs "
-                               "(need [2P, D])")
-    if len(issame) < nfolds:
-        raise QGFaceInputError(f"evaluate: {len(issame)} pairs is fewer than nfolds={nfolds}")
-    if not np.all(np.isfinite(features)):
-        raise QGFaceInputError("evaluate: features contain NaN or inf")
-    f = _l2_normalise(features)
-    dist = np.sum(np.square(f[0::2] - f[1::2]), axis=1)
-    thresholds = np.arange(0, 4, 0.01)
-    correct = (dist[:, None] < thresholds[None, :]) == issame[:, None]  # [P, T]
-    total = correct.sum(0)
-    accs, thrs = [], []
-    for test in fold_indices(len(issame), nfolds):
-        train_correct = total - correct[test].sum(0)
-        best = int(np.argmax(train_correct))  # first best, as np.argmax in upstream
-        accs.append(float(correct[test, best].mean()))
-        thrs.append(float(thresholds[best]))
-    return {"accuracy": float(np.mean(accs)), "std": float(np.std(accs)), "threshold": float(np.mean(thrs)),
-            "fold_accuracy": accs, "fold_threshold": thrs, "pairs": int(len(issame))}
+    features, issame = _check(features, issame, nfolds)
+    return _protocol(features, issame, nfolds)[0]
 
 
-def evaluate_bin(extractor, path, lowres_sizes=(), nfolds=10, progress=False):
+def pair_quality(norms):
+    """Pair quality ``[P]``: the smaller of the two images' raw feature norms (``norms`` is ``[2P]``,
+    pair ``i`` = entries ``2i``, ``2i+1``)."""
+    norms = np.asarray(norms, dtype=np.float64).reshape(-1)
+    if len(norms) % 2:
+        raise QGFaceInputError(f"pair_quality: {len(norms)} norms is odd (need 2 per pair)")
+    return np.minimum(norms[0::2], norms[1::2])
+
+
+def _check_bins(bins, pairs, what):
+    try:
+        b = int(bins)
+    except (TypeError, ValueError) as e:
+        raise QGFaceInputError(f"{what}: bins={bins!r} is not an integer") from e
+    if b < 1 or b > pairs:
+        raise QGFaceInputError(f"{what}: bins={b} must be in 1..{pairs} (the number of pairs)")
+    return b
+
+
+def _checked_quality(norms, pairs, what):
+    norms = np.asarray(norms, dtype=np.float64).reshape(-1)
+    if len(norms) != 2 * pairs:
+        raise QGFaceInputError(f"{what}: {len(norms)} norms do not match {pairs} pairs (need 2P)")
+    if not np.all(np.isfinite(norms)):
+        raise QGFaceInputError(f"{what}: norms contain NaN or inf")
+    return pair_quality(norms)
+
+
+def _bins_table(quality, issame, pair_ok, bins):
+    out = []
+    for name, idx in quality_split(quality, bins, "pair_quality_bins"):
+        out.append({"bin": name, "count": int(len(idx)), "norm_min": float(quality[idx].min()),
+                    "norm_max": float(quality[idx].max()), "accuracy": float(pair_ok[idx].mean()),
+                    "genuine_fraction": float(issame[idx].mean())})
+    return out
+
+
+def pair_quality_bins(features, issame, norms, bins=3, nfolds=10):
+    """Verification accuracy per quantile bin of pair quality (low norm = low quality), lowest bin first.
+
+    Pair quality is :func:`pair_quality` of ``norms`` (the raw, non-flipped feature norms ``[2P]``;
+    ``features`` ``[2P, D]`` are the flip-fused features that :func:`evaluate` scores). Pairs are sorted
+    by quality (stable) and split into ``bins`` near-equal groups (``np.array_split``; named ``lowest`` /
+    ``middle`` / ``highest`` with 3 bins, else ``q1..qB``), see
+    :func:`~qgface_plugin.eval.quality_view.quality_split`. Each pair is judged with the threshold that
+    :func:`evaluate` chose for the fold testing it (best on the other ``nfolds - 1`` folds).
+
+    What holds: the bins partition the pairs, so ``sum(count * accuracy) / P`` is exactly (up to float
+    rounding) the pooled fraction of pairs judged correctly, ``sum_k c_k / P`` (``c_k`` correct pairs in
+    fold ``k``). :func:`evaluate`'s ``accuracy`` is the mean of the fold accuracies ``c_k / n_k``; the two
+    are equal when the folds are equal-sized (``P % nfolds == 0``, e.g. LFW, CFP-FP, AgeDB-30, CALFW,
+    CPLFW). Otherwise, with ``r = P % nfolds``, they differ by at most ``r * (nfolds - r) / (nfolds * P)``
+    (<= ``nfolds / (4 P)``).
+
+    Returns:
+        ``[{"bin", "count" (pairs), "norm_min", "norm_max" (range of pair quality in the bin),
+        "accuracy" (fraction), "genuine_fraction" (fraction of same-identity pairs in the bin)}, ...]``.
+
+    Raises:
+        QGFaceInputError: bad shapes / non-finite values, or ``bins`` not in ``1..P``.
+    """
+    features, issame = _check(features, issame, nfolds, "pair_quality_bins")
+    quality = _checked_quality(norms, len(issame), "pair_quality_bins")
+    bins = _check_bins(bins, len(issame), "pair_quality_bins")
+    return _bins_table(quality, issame, _protocol(features, issame, nfolds)[1], bins)
+
+
+def evaluate_bin(extractor, path, lowres_sizes=(), nfolds=10, bins=3, progress=False):
     """Evaluate one ``.bin`` with ``extractor`` (a :class:`~qgface_plugin.eval.features.FeatureExtractor`).
 
     Variants: ``"original"`` and, per ``s`` in ``lowres_sizes``, ``"lr{s}"`` (see :func:`lowres_variant`;
-    only the first images are re-embedded, the second images' features are reused).
+    only the first images are re-embedded, the second images' features are reused). ``bins`` quality
+    bins per variant (see :func:`pair_quality_bins`); ``0`` or ``None`` leaves them out. In ``lr{s}``
+    variants the degraded first image usually has the smaller norm and so sets the pair quality.
 
     Returns:
         ``{variant: {"accuracy", "std", "threshold", "pairs", "lowres_size" (None for original),
         "norm_mean" (mean raw feature norm over all images), "norm_mean_first" (over the first image
-        of each pair, the degraded one in lr variants), "fold_accuracy", "fold_threshold"}}``.
+        of each pair, the degraded one in lr variants), "fold_accuracy", "fold_threshold",
+        "quality_bins" (list, see :func:`pair_quality_bins`; absent when ``bins`` is 0/None)}}``.
+
+    Raises:
+        QGFaceInputError: from :func:`load_bin`, or ``bins`` not in ``0..P`` (checked before embedding).
     """
     images, issame = load_bin(path)
+    bins = 0 if bins is None or bins == 0 else _check_bins(bins, len(issame), f"{path}: quality bins")
     rows = {}
     base = extractor(images, progress=progress)
     variants = [("original", None)] + [(f"lr{int(s)}", int(s)) for s in lowres_sizes]
@@ -172,7 +266,11 @@ def evaluate_bin(extractor, path, lowres_sizes=(), nfolds=10, progress=False):
             out = extractor(first, progress=progress)
             feats, norms = base["features"].copy(), base["norms"].copy()
             feats[0::2], norms[0::2] = out["features"], out["norms"]
-        row = evaluate(feats, issame, nfolds=nfolds)
+        feats, _ = _check(feats, issame, nfolds)
+        row, pair_ok = _protocol(feats, issame, nfolds)
         row.update(lowres_size=size, norm_mean=float(np.mean(norms)), norm_mean_first=float(np.mean(norms[0::2])))
+        if bins:
+            quality = _checked_quality(norms, len(issame), f"{path} ({name})")
+            row["quality_bins"] = _bins_table(quality, issame, pair_ok, bins)
         rows[name] = row
     return rows

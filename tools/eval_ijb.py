@@ -1,0 +1,131 @@
+#!/usr/bin/env python
+"""IJB-B / IJB-C 1:1 verification (TAR@FAR), upstream ``eval_ijbc.py`` protocol, with a quality view.
+
+    python tools/eval_ijb.py --network r50 --model model.pt --data IJBC --target IJBC --output out/ \
+        [--flip sum|norm_weighted|none] [--no-norm-score] [--no-detector-score] [--cache DIR] \
+        [--workers N] [--batch-size 64] [--device cuda] [--fp16] [--progress]
+
+``--data`` holds ``loose_crop/`` and ``meta/`` (insightface's IJB release layout: ``meta/<t>_face_tid_mid.txt``,
+``<t>_template_pair_label.txt``, ``<t>_name_5pts_score.txt`` with ``t`` = ``ijbc`` or ``ijbb``). Each image is
+aligned with its 5 landmarks to the 112x112 ArcFace template. The defaults are upstream's protocol: flip
+(sum of original and flipped raw features, F1), feature norm kept (N1) and detector-score weighting (D1);
+each can be switched off. ``--model`` is an arcface_torch ``model.pt`` (needs ``--network``) or an ``.onnx``.
+``--cache DIR`` keeps image features on disk: an interrupted run continues where it stopped, and a rerun
+with other pooling options (``--no-norm-score`` ...) reuses them.
+
+Writes ``<output>/<t>.json`` (fractions), ``<t>.md`` (percent), ``<t>_roc.png`` (ROC, overall and per
+quality third) and ``<t>_scores.npy`` (pair scores in pair-file order, as upstream's ``<t>.npy``).
+"""
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from qgface_plugin.errors import QGFaceConfigError, QGFaceInputError
+from qgface_plugin.eval.cli import evaluator_parser, make_extractor, write_report
+from qgface_plugin.eval.ijb import DEFAULT_FARS, evaluate_ijb
+
+
+def parse_args(argv=None):
+    p = evaluator_parser(__doc__.split("\n\n")[0], "IJB folder holding loose_crop/ and meta/")
+    p.add_argument("--target", default="IJBC", type=str.upper, choices=("IJBC", "IJBB"))
+    p.add_argument("--no-norm-score", dest="norm_score", action="store_false",
+                   help="L2-normalise each image feature before pooling (upstream N0)")
+    p.add_argument("--no-detector-score", dest="detector_score", action="store_false",
+                   help="do not weight image features by the detector score (upstream D0)")
+    p.add_argument("--fars", nargs="+", type=float, default=list(DEFAULT_FARS))
+    p.add_argument("--quality-bins", type=int, default=3, help="pair-quality bins of the quality view (0 = off)")
+    p.add_argument("--load-batch", type=int, default=1024, help="images decoded per chunk (= cache shard size)")
+    return p.parse_args(argv)
+
+
+def _pct(x) -> str:
+    return "–" if x is None else f"{100 * x:.2f}"
+
+
+def _far_label(key: str) -> str:
+    return key.split("=", 1)[1]
+
+
+def markdown(res: dict, args) -> str:
+    keys = list(res["tar_at_far"])
+    c, pr = res["counts"], res["protocol"]
+    lines = [f"{res['benchmark']} 1:1 verification, TAR (%) at FAR", "",
+             f"{c['images']} images, {c['templates']} templates, {c['pairs']} pairs ({c['genuine']} genuine); "
+             f"flip: {pr['flip']}, norm score: {'on' if pr['norm_score'] else 'off'}, detector score: "
+             f"{'on' if pr['detector_score'] else 'off'}; AUC {100 * res['auc']:.4f} %", "",
+             "| model | " + " | ".join(_far_label(k) for k in keys) + " |", "|---" * (len(keys) + 1) + "|",
+             f"| {Path(args.model).name} | " + " | ".join(_pct(res["tar_at_far"][k]) for k in keys) + " |"]
+    if res["quality_bins"]:
+        lines += ["", "TAR (%) by pair quality (lower template feature norm of the pair), at the global "
+                  "thresholds", "", "| bin | pairs | genuine | quality | " + " | ".join(_far_label(k) for k in keys)
+                  + " |", "|---" * (len(keys) + 4) + "|"]
+        for b in res["quality_bins"]:
+            lines.append(f"| {b['bin']} | {b['pairs']} | {b['genuine']} | {b['quality_min']:.2f}–"
+                         f"{b['quality_max']:.2f} | " + " | ".join(_pct(b[k]) for k in keys) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_roc(res: dict, path: Path, title: str, bins: int = 3) -> None:
+    """Overall ROC (log FAR) and, per quality bin, the TAR of its genuine pairs at the global thresholds."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    roc, scores, labels = res["roc"], res["scores"], res["labels"]
+    fig, ax = plt.subplots(figsize=(6.4, 4.8), dpi=120)
+    ax.plot(roc["fpr"], roc["tpr"], color="k", lw=1.6, label=f"all pairs (AUC {100 * roc['auc']:.2f} %)")
+    if bins:
+        from qgface_plugin.eval.quality_view import quality_split
+        thr = roc["thresholds"]
+        for (name, idx), colour in zip(quality_split(res["pair_quality"], bins), ("tab:red", "tab:orange", "tab:green", "tab:blue",
+                                                          "tab:purple", "tab:brown")):
+            gen = np.sort(scores[idx][labels[idx] == 1])
+            if len(gen):
+                tar = 1.0 - np.searchsorted(gen, thr, side="left") / len(gen)
+                ax.plot(roc["fpr"], tar, color=colour, lw=1, ls="--", label=f"{name} quality third" if
+                        bins == 3 else f"quality {name}")
+    fars = [p[1] for p in roc["far_points"].values()]
+    ax.set_xscale("log")
+    lo = max(min(fars + [1e-6]), 1e-6)
+    ax.set_xlim(lo, 1.0)
+    ax.set_ylim(0.0, 1.0)
+    ax.grid(True, which="major", ls="--", lw=0.6)
+    ax.set_xlabel("False accept rate")
+    ax.set_ylabel("True accept rate")
+    ax.set_title(title)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        extractor, info = make_extractor(args)
+        t0 = time.time()
+        res = evaluate_ijb(extractor, args.data, target=args.target, use_norm=args.norm_score,
+                           use_detector=args.detector_score, fars=args.fars, bins=args.quality_bins,
+                           load_batch=args.load_batch, workers=args.workers, cache_dir=args.cache,
+                           progress=args.progress)
+        seconds = round(time.time() - t0, 3)
+    except (QGFaceInputError, QGFaceConfigError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    t = args.target.lower()
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    np.save(out / f"{t}_scores.npy", res["scores"])
+    plot_roc(res, out / f"{t}_roc.png", f"ROC on {args.target} — {Path(args.model).name}", args.quality_bins)
+    report = {k: v for k, v in res.items() if k not in ("scores", "labels", "roc", "pair_quality")}
+    report = {"model": str(args.model), "model_info": info, "data": str(args.data), "seconds": seconds,
+              "units": {"tar_at_far": "fraction", "quality_bins": "fraction"}, **report}
+    write_report(out, t, report, markdown(res, args))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

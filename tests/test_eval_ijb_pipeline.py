@@ -306,3 +306,14 @@ def test_tool_bad_inputs_name_file_and_line(tree, lookup_onnx, tmp_path):
     r = _run_tool("--model", lookup_onnx, "--data", tmp_path / "nowhere", "--output", tmp_path / "o")
     assert r.returncode == 2 and "ijbc_face_tid_mid.txt" in r.stderr
     assert not (tmp_path / "o" / "ijbc.json").exists()
+
+
+def test_onnx_path_equals_torch_path(tree, tmp_path):
+    sys.path.insert(0, str(Path(__file__).parent))
+    from _models import TinyCNN, export_tiny_onnx
+    path = export_tiny_onnx(tmp_path / "tiny.onnx")
+    a = evaluate_ijb(FeatureExtractor(TinyCNN()), tree["root"], load_batch=16, workers=0)
+    b = evaluate_ijb(FeatureExtractor(str(path)), tree["root"], load_batch=16, workers=2)
+    np.testing.assert_allclose(a["scores"], b["scores"], atol=1e-5)
+    assert a["tar_at_far"] == b["tar_at_far"]
+    assert [x["TAR@FAR=1e-1"] for x in a["quality_bins"]] == [x["TAR@FAR=1e-1"] for x in b["quality_bins"]]

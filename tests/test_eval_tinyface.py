@@ -164,3 +164,25 @@ def test_tool_end_to_end_onnx(tmp_path, capsys):
     assert tool.main(["--model", str(model), "--data", str(tmp_path / "nope"), "--output", str(out)]) == 2
     assert tool.main(["--model", str(tmp_path / "m.pt"), "--data", str(tmp_path / "data"), "--output", str(out)]) == 2
     assert "error:" in capsys.readouterr().err
+
+
+def test_tool_cache_reuses_features_and_keys_on_files(tmp_path, capsys):
+    root = _tree(tmp_path / "data")
+    model = tmp_path / "tiny.onnx"
+    export_tiny_onnx(model)
+    cache = tmp_path / "cache"
+    args = ["--model", str(model), "--data", str(tmp_path / "data"), "--cache", str(cache), "--workers", "2"]
+    assert tool.main(args + ["--output", str(tmp_path / "o1")]) == 0
+    dirs = sorted(p.name.split("-")[:2] for p in cache.iterdir())
+    assert dirs == [["tinyface", "gallery"], ["tinyface", "probes"]]
+    stamp = {p: p.stat().st_mtime_ns for p in cache.rglob("shard_*.npz")}
+    assert tool.main(args + ["--output", str(tmp_path / "o2")]) == 0
+    assert {p: p.stat().st_mtime_ns for p in cache.rglob("shard_*.npz")} == stamp  # read back, not rewritten
+    r1, r2 = (json.loads((tmp_path / o / "tinyface.json").read_text()) for o in ("o1", "o2"))
+    assert r1["cmc"] == r2["cmc"] and r1["quality_bins"] == r2["quality_bins"]
+    # a changed probe image is a new item list: the probes get a new cache folder, the gallery is reused
+    cv2.imwrite(str(root / "Probe" / "1_1.jpg"), _img(2))
+    assert tool.main(args + ["--output", str(tmp_path / "o3")]) == 0
+    assert len(list(cache.iterdir())) == 3
+    r3 = json.loads((tmp_path / "o3" / "tinyface.json").read_text())
+    assert r3["cmc"]["rank1"] == pytest.approx(2 / 3)  # probe 1 now looks like identity 2

@@ -6,7 +6,6 @@ features with plain loops (an independent, slow implementation of upstream's pro
 """
 import json
 import math
-import os
 import subprocess
 import sys
 import warnings

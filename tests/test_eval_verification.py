@@ -281,6 +281,21 @@ def test_load_bin_errors_name_the_file(tmp_path):
         load_bin(tmp_path / "bad.bin")
 
 
+def test_load_bin_threaded_decoding_equals_serial_and_names_the_bad_image(tmp_path):
+    imgs = _rand_images(200, seed=3)
+    _png_bin(tmp_path / "big.bin", imgs, [True, False] * 50)
+    serial, _ = load_bin(tmp_path / "big.bin", workers=1)
+    threaded, issame = load_bin(tmp_path / "big.bin", workers=3)
+    assert np.array_equal(serial, imgs) and np.array_equal(threaded, imgs)
+    with open(tmp_path / "big.bin", "rb") as f:
+        bins, labels = pickle.load(f)
+    bins[151] = b"\x89PNG broken"
+    with open(tmp_path / "bad.bin", "wb") as f:
+        pickle.dump((bins, labels), f)
+    with pytest.raises(QGFaceInputError, match=r"bad.bin: image 151 \(pair 75\) cannot be decoded"):
+        load_bin(tmp_path / "bad.bin", workers=3)
+
+
 def test_lowres_variant_degrades_only_first_images():
     imgs = _rand_images(4)
     lr = lowres_variant(imgs, 8)

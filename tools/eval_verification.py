@@ -105,7 +105,8 @@ def main(argv=None) -> int:
         for t in targets:
             t0 = time.time()
             results[t] = evaluate_bin(extractor, data / f"{t}.bin", lowres_sizes=args.lowres, nfolds=args.nfolds,
-                                      bins=args.quality_bins, progress=args.progress)
+                                      bins=args.quality_bins, progress=args.progress,
+                                      workers=args.workers)
             seconds[t] = round(time.time() - t0, 3)
     except (QGFaceInputError, QGFaceConfigError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -27,6 +27,7 @@ import cv2
 import numpy as np
 
 from ..errors import QGFaceInputError
+from .features import default_workers
 from .quality_view import quality_split
 
 __all__ = ["IMAGE_SIZE", "load_bin", "lowres_variant", "fold_indices", "evaluate", "pair_quality",
@@ -44,12 +45,13 @@ def _read_pickle(path: Path):
             return pickle.load(f, encoding="bytes")
 
 
-def load_bin(path, image_size=IMAGE_SIZE):
+def load_bin(path, image_size=IMAGE_SIZE, workers=None):
     """Read an insightface verification ``.bin``.
 
     Returns:
         ``(images, issame)``: ``images`` [2P, 112, 112, 3] uint8 RGB (pair ``i`` = rows ``2i``,
-        ``2i+1``; other sizes are resized to 112x112), ``issame`` [P] bool.
+        ``2i+1``; other sizes are resized to 112x112), ``issame`` [P] bool. Images are decoded by
+        ``workers`` threads (default :func:`~qgface_plugin.eval.features.default_workers`).
 
     Raises:
         QGFaceInputError: naming the file -- missing, not a pickle of ``(bins, issame)``, an odd number
@@ -76,7 +78,9 @@ def load_bin(path, image_size=IMAGE_SIZE):
         raise QGFaceInputError(f"{path}: {len(bins)} images but {len(issame)} issame labels "
                                f"(need 2 images per label)")
     images = np.empty((len(bins), image_size, image_size, 3), np.uint8)
-    for i, b in enumerate(bins):
+
+    def decode(i):
+        b = bins[i]
         try:
             buf = np.frombuffer(bytes(b) if not isinstance(b, np.ndarray) else b.tobytes(), np.uint8)
             bgr = cv2.imdecode(buf, cv2.IMREAD_COLOR) if buf.size else None
@@ -87,6 +91,16 @@ def load_bin(path, image_size=IMAGE_SIZE):
         if bgr.shape[:2] != (image_size, image_size):
             bgr = cv2.resize(bgr, (image_size, image_size), interpolation=cv2.INTER_LINEAR)
         images[i] = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+    workers = default_workers() if workers is None else int(workers)
+    if workers > 1 and len(bins) > 64:
+        from concurrent.futures import ThreadPoolExecutor
+        with ThreadPoolExecutor(workers) as pool:
+            for _ in pool.map(decode, range(len(bins)), chunksize=64):  # re-raises the first failure
+                pass
+    else:
+        for i in range(len(bins)):
+            decode(i)
     return images, np.asarray(issame, dtype=bool)
 
 
@@ -236,7 +250,7 @@ def pair_quality_bins(features, issame, norms, bins=3, nfolds=10):
     return _bins_table(quality, issame, _protocol(features, issame, nfolds)[1], bins)
 
 
-def evaluate_bin(extractor, path, lowres_sizes=(), nfolds=10, bins=3, progress=False):
+def evaluate_bin(extractor, path, lowres_sizes=(), nfolds=10, bins=3, progress=False, workers=None):
     """Evaluate one ``.bin`` with ``extractor`` (a :class:`~qgface_plugin.eval.features.FeatureExtractor`).
 
     Variants: ``"original"`` and, per ``s`` in ``lowres_sizes``, ``"lr{s}"`` (see :func:`lowres_variant`;
@@ -253,7 +267,7 @@ def evaluate_bin(extractor, path, lowres_sizes=(), nfolds=10, bins=3, progress=F
     Raises:
         QGFaceInputError: from :func:`load_bin`, or ``bins`` not in ``0..P`` (checked before embedding).
     """
-    images, issame = load_bin(path)
+    images, issame = load_bin(path, workers=workers)
     bins = 0 if bins is None or bins == 0 else _check_bins(bins, len(issame), f"{path}: quality bins")
     rows = {}
     base = extractor(images, progress=progress)

@@ -7,25 +7,47 @@ from pathlib import Path
 
 from .features import FLIP_MODES, FeatureExtractor, load_model
 
-__all__ = ["evaluator_parser", "make_extractor", "write_report"]
+__all__ = ["SHARED_FLAGS", "evaluator_parser", "shared_argv", "make_extractor", "write_report"]
 
 
-def evaluator_parser(description: str, data_help: str) -> argparse.ArgumentParser:
-    """A parser with ``--network --model --data --output`` and the extraction options."""
+# the model and extraction flags every evaluator shares: (flag, add_argument keywords)
+SHARED_FLAGS = (
+    ("--network", dict(default=None, help="upstream backbone name (r18/r50/r100/mbf/...); for .pt models")),
+    ("--model", dict(required=True, help="model.pt (state dict / checkpoint) or .onnx file")),
+    ("--flip", dict(choices=FLIP_MODES, default="sum", help="flip fusion of the features")),
+    ("--batch-size", dict(type=int, default=64)),
+    ("--device", dict(default="cpu")),
+    ("--fp16", dict(action="store_true")),
+    ("--arcface-root", dict(default=None, help="arcface_torch folder (default: ARCFACE_TORCH_ROOT, ...)")),
+    ("--workers", dict(type=int, default=None, help="image decoding threads (default: cores, at most 8)")),
+    ("--cache", dict(default=None, help="folder for a resumable on-disk cache of image features")),
+    ("--progress", dict(action="store_true", help="progress bars on stderr")),
+)
+
+
+def evaluator_parser(description: str, data_help: str, data_required: bool = True) -> argparse.ArgumentParser:
+    """A parser with ``--network --model --data --output`` and the extraction options (:data:`SHARED_FLAGS`)."""
     p = argparse.ArgumentParser(description=description)
-    p.add_argument("--network", default=None, help="upstream backbone name (r18/r50/r100/mbf/...); for .pt models")
-    p.add_argument("--model", required=True, help="model.pt (state dict / checkpoint) or .onnx file")
-    p.add_argument("--data", required=True, help=data_help)
+    for flag, kw in SHARED_FLAGS[:2]:
+        p.add_argument(flag, **kw)
+    p.add_argument("--data", required=data_required, help=data_help)
     p.add_argument("--output", required=True, help="output folder")
-    p.add_argument("--flip", choices=FLIP_MODES, default="sum", help="flip fusion of the features")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--fp16", action="store_true")
-    p.add_argument("--arcface-root", default=None, help="arcface_torch folder (default: ARCFACE_TORCH_ROOT, ...)")
-    p.add_argument("--workers", type=int, default=None, help="image decoding threads (default: cores, at most 8)")
-    p.add_argument("--cache", default=None, help="folder for a resumable on-disk cache of image features")
-    p.add_argument("--progress", action="store_true", help="progress bars on stderr")
+    for flag, kw in SHARED_FLAGS[2:]:
+        p.add_argument(flag, **kw)
     return p
+
+
+def shared_argv(args, exclude=()) -> list:
+    """The :data:`SHARED_FLAGS` of parsed ``args`` as a command line (to pass them on to an evaluator)."""
+    argv = []
+    for flag, kw in SHARED_FLAGS:
+        if flag in exclude:
+            continue
+        v = getattr(args, flag[2:].replace("-", "_"))
+        if v is None or v is False:
+            continue
+        argv += [flag] if kw.get("action") == "store_true" else [flag, str(v)]
+    return argv
 
 
 def make_extractor(args):

@@ -1,0 +1,163 @@
+"""tools/eval_suite.py: every benchmark of a data root, one summary read from the tools' reports."""
+import importlib.util
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from _models import export_tiny_onnx
+from qgface_plugin.synthetic import make_dataset
+from qgface_plugin.synthetic_eval import make_ijb
+from test_eval_scface import _tree as scface_tree
+from test_eval_tinyface import _tree as tinyface_tree
+
+ROOT = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("eval_suite", ROOT / "tools" / "eval_suite.py")
+suite = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(suite)
+
+
+ALL = ["verification", "tinyface", "scface_all", "scface_test80", "ijbb", "ijbc"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """ROOT/bins/lfw.bin, ROOT/TinyFace/, ROOT/scface/, ROOT/IJB_release/IJBC/, ROOT/IJBB/ and the tiny ONNX model."""
+    base = tmp_path_factory.mktemp("suite")
+    root = base / "root"
+    make_dataset(base / "synth", num_identities=4, images_per_identity=2, num_val_identities=8, val_pairs=40)
+    (root / "bins").mkdir(parents=True)
+    shutil.copy(base / "synth" / "synthetic_val.bin", root / "bins" / "lfw.bin")
+    tinyface_tree(root / "TinyFace")
+    scface_tree(root / "scface")
+    small = dict(num_subjects=4, templates_per_subject=2, medias_per_template=(1, 1), images_per_media=(1, 1))
+    make_ijb(root / "IJB_release" / "IJBC", "IJBC", **small)
+    make_ijb(root / "IJBB", "IJBB", seed=1, **small)
+    return {"root": root, "model": export_tiny_onnx(base / "tiny.onnx"), "base": base}
+
+
+@pytest.fixture(scope="module")
+def full_run(data):
+    out = data["base"] / "out"
+    rc = suite.main(["--model", str(data["model"]), "--data", str(data["root"]), "--output", str(out),
+                     "--batch-size", "16", "--lowres", "8", "16"])
+    return rc, out, json.loads((out / "summary.json").read_text())
+
+
+def _pct(x, sign=False):
+    return "–" if x is None else f"{100 * x:+.2f}" if sign else f"{100 * x:.2f}"
+
+
+def _report(out, summary, key):
+    return json.loads((out / summary["benchmarks"][key]["report"]).read_text())
+
+
+def test_discover_conventional_folders(data, tmp_path):
+    found = suite.discover(data["root"])
+    root = data["root"]
+    assert found == {"bins": root / "bins", "tinyface": root / "TinyFace", "scface": root / "scface",
+                     "ijbb": root / "IJBB", "ijbc": root / "IJB_release" / "IJBC"}
+    shutil.copy(root / "bins" / "lfw.bin", tmp_path / "cplfw.bin")  # *.bin in ROOT itself, nothing else
+    assert suite.discover(tmp_path) == {"bins": tmp_path, "tinyface": None, "scface": None, "ijbb": None,
+                                        "ijbc": None}
+
+
+def test_full_run_status_and_headline_figures(full_run, capsys):
+    rc, out, s = full_run
+    assert rc == 0
+    assert list(s["benchmarks"]) == ALL
+    assert all(s["benchmarks"][k]["status"] == "ok" and s["benchmarks"][k]["seconds"] >= 0 for k in ALL)
+    assert s["flags"]["lowres"] == [8, 16] and s["flags"]["batch_size"] == 16 and s["model_info"]["kind"] == "onnx"
+    v = _report(out, s, "verification")["results"]
+    assert list(v["lfw"]) == ["original", "lr8", "lr16"]
+    for var, row in v["lfw"].items():
+        assert s["benchmarks"]["verification"]["headline"]["lfw"][var] == {"accuracy": row["accuracy"],
+                                                                          "std": row["std"]}
+    assert s["benchmarks"]["tinyface"]["headline"] == _report(out, s, "tinyface")["cmc"]
+    for prot in ("all", "test80"):
+        rep = _report(out, s, f"scface_{prot}")
+        assert rep["protocol"] == prot and (out / f"scface_{prot}" / "scface.md").is_file()
+        assert s["benchmarks"][f"scface_{prot}"]["headline"] == {"protocol": prot, **rep["rank1"]}
+    for t in ("ijbb", "ijbc"):
+        rep = _report(out, s, t)
+        assert s["benchmarks"][t]["headline"] == {**rep["tar_at_far"], "auc": rep["auc"]}
+        assert (out / f"{t}_roc.png").is_file()
+    md = (out / "summary.md").read_text()
+    for link in ("verification.md", "tinyface.md", "scface_all/scface.md", "scface_test80/scface.md", "ijbb.md",
+                 "ijbc.md", "ijbc_roc.png", "ijbb_roc.png"):
+        assert f"]({link})" in md
+    ijbc = s["benchmarks"]["ijbc"]["headline"]
+    assert f"| IJB-C | {100 * ijbc['TAR@FAR=1e-4']:.2f} | {100 * ijbc['TAR@FAR=1e-5']:.2f} |" in md
+    assert "| all | 75.00 | 100.00 | 100.00 |" in md  # SCface d1/d2/d3 of the tree, in percent
+
+
+def test_full_run_quality_view(full_run):
+    _, out, s = full_run
+    rows = {r["label"]: r for r in s["quality_view"]}
+    assert list(rows) == ["lfw (original)", "lfw (lr8)", "lfw (lr16)", "TinyFace", "SCface (all)", "SCface (test80)",
+                          "IJB-B", "IJB-C"]
+    md = (out / "summary.md").read_text()
+    expect = {"TinyFace": ("tinyface", "rank1", "rank-1 (probe quality)"),
+              "SCface (all)": ("scface_all", "rank1", "rank-1 (probe quality)"),
+              "IJB-B": ("ijbb", "TAR@FAR=1e-4", "TAR@FAR=1e-4 (pair quality)"),
+              "IJB-C": ("ijbc", "TAR@FAR=1e-4", "TAR@FAR=1e-4 (pair quality)")}
+    for label, (key, field, figure) in expect.items():
+        bins = _report(out, s, key)["quality_bins"]
+        r = rows[label]
+        assert r["figure"] == field and [r["lowest"], r["middle"], r["highest"]] == [b[field] for b in bins]
+        assert r["gap"] == pytest.approx(bins[2][field] - bins[0][field])
+        cells = [_pct(b[field]) for b in bins] + [_pct(r["gap"], sign=True)]
+        assert f"| {label} | {figure} | " + " | ".join(cells) + " |" in md
+    bins = _report(out, s, "verification")["results"]["lfw"]["lr8"]["quality_bins"]
+    assert (rows["lfw (lr8)"]["lowest"], rows["lfw (lr8)"]["highest"]) == (bins[0]["accuracy"], bins[2]["accuracy"])
+
+
+def test_explicit_folders_skip_and_error(data, tmp_path, capsys):
+    broken = tmp_path / "scface"
+    shutil.copytree(data["root"] / "scface", broken)
+    for p in (broken / "aligned_dir").iterdir():
+        p.unlink()  # all.txt lists keys without images
+    out = tmp_path / "out"
+    rc = suite.main(["--model", str(data["model"]), "--output", str(out), "--tinyface", str(data["root"] / "TinyFace"),
+                     "--scface", str(broken), "--scface-protocols", "test80", "--lowres"])
+    assert rc == 1
+    err = capsys.readouterr().err
+    assert "error: failed: SCface (test80)" in err
+    s = json.loads((out / "summary.json").read_text())
+    b = s["benchmarks"]
+    assert list(b) == ["verification", "tinyface", "scface_test80", "ijbb", "ijbc"]
+    assert b["tinyface"]["status"] == "ok" and b["tinyface"]["headline"] == _report(out, s, "tinyface")["cmc"]
+    assert b["scface_test80"]["status"] == "error" and "image for key" in b["scface_test80"]["error"]
+    assert "headline" not in b["scface_test80"]
+    assert {b[k]["status"] for k in ("verification", "ijbb", "ijbc")} == {"skipped"}
+    assert b["ijbc"]["reason"] == "no --ijbc (or --data)"
+    assert [r["label"] for r in s["quality_view"]] == ["TinyFace"]
+    md = (out / "summary.md").read_text()
+    assert "| SCface (test80) | error |" in md and "| IJB-C | skipped |" in md
+
+
+def test_tool_crash_is_recorded_and_the_rest_runs(data, tmp_path, monkeypatch, capsys):
+    real = suite.load_tool
+
+    class Crashing:
+        @staticmethod
+        def main(argv):
+            raise RuntimeError("boom")
+
+    monkeypatch.setattr(suite, "load_tool", lambda f: Crashing if f == "eval_tinyface.py" else real(f))
+    out = tmp_path / "out"
+    rc = suite.main(["--model", str(data["model"]), "--output", str(out), "--tinyface", str(data["root"] / "TinyFace"),
+                     "--scface", str(data["root"] / "scface"), "--scface-protocols", "all"])
+    assert rc == 1
+    b = json.loads((out / "summary.json").read_text())["benchmarks"]
+    assert b["tinyface"] == {**b["tinyface"], "status": "error", "error": "RuntimeError: boom"}
+    assert b["scface_all"]["status"] == "ok"
+    assert "RuntimeError: boom" in capsys.readouterr().err  # the traceback is shown
+
+
+def test_nothing_to_run(data, tmp_path, capsys):
+    assert suite.main(["--model", str(data["model"]), "--output", str(tmp_path / "o"), "--data", str(tmp_path)]) == 2
+    io = capsys.readouterr()
+    assert "no benchmark to run" in io.err and "skipped: TinyFace" in io.out
+    assert not (tmp_path / "o" / "summary.json").exists()

@@ -21,6 +21,8 @@ Fixes for upstream on current libraries, each applied only when the installed li
   CUDA/NCCL calls, only on machines without CUDA.
 * :func:`install_tensorboard_fallback`: ``torch.utils.tensorboard`` backed by tensorboardX when the
   ``tensorboard`` package is not installed (``train_v2`` and ``utils_callbacks`` import it).
+* :func:`install_menpo_stub`: a stand-in for ``menpo.visualize.viewmatplotlib`` (``eval_ijbc.py``
+  imports it only for ``sample_colours_from_colourmap``) when ``menpo`` is not installed.
 
 Nothing happens at import time. ``python -m qgface_plugin.upstream [ROOT]`` prints the root found and
 runs :func:`check_api` on it.
@@ -51,7 +53,8 @@ __all__ = [
     "UpstreamVersionWarning",
     "find_root", "check_api", "load", "apply_fixes", "fix_numpy_aliases", "make_scheduler",
     "lr_scheduler_compat", "install_lr_scheduler_compat", "cpu_shim", "install_cpu_shim",
-    "partial_fc_cpu_shim", "install_tensorboard_fallback", "add_config_dirs", "git_blob_sha1", "RepeatedXLinear",
+    "partial_fc_cpu_shim", "install_tensorboard_fallback", "install_menpo_stub", "add_config_dirs", "git_blob_sha1",
+    "RepeatedXLinear",
 ]
 
 #: insightface commit the plugin is written and tested against.
@@ -921,6 +924,42 @@ def install_tensorboard_fallback() -> bool:
     module._qgface_stand_in = True
     sys.modules["torch.utils.tensorboard"] = module
     torch.utils.tensorboard = module
+    return True
+
+
+def _sample_colours_from_colourmap(n_colours, colour_map):
+    """menpo's ``sample_colours_from_colourmap``: ``n_colours`` RGB tuples evenly spaced along a matplotlib
+    colormap (``i / n_colours``, i = 0..n-1)."""
+    import matplotlib
+    cmap = matplotlib.colormaps[colour_map]
+    return [cmap(i / n_colours)[:3] for i in range(int(n_colours))]
+
+
+def install_menpo_stub() -> bool:
+    """Make ``from menpo.visualize.viewmatplotlib import sample_colours_from_colourmap`` work without menpo.
+
+    Only when ``import menpo`` fails: registers stub modules ``menpo``, ``menpo.visualize`` and
+    ``menpo.visualize.viewmatplotlib`` (the last with a matplotlib-backed
+    ``sample_colours_from_colourmap(n, name)``, all that upstream's ``eval_ijbc.py`` uses: the ROC
+    plot's line colours). Returns whether the stub is in place (now or from an earlier call).
+    """
+    existing = sys.modules.get("menpo")
+    if existing is not None:
+        return bool(getattr(existing, "_qgface_stand_in", False))
+    try:
+        importlib.import_module("menpo")
+        return False
+    except ImportError:
+        pass
+    doc = "Stand-in for menpo (not installed); only what arcface_torch's eval_ijbc.py uses."
+    top = types.ModuleType("menpo", doc)
+    visualize = types.ModuleType("menpo.visualize", doc)
+    viewmatplotlib = types.ModuleType("menpo.visualize.viewmatplotlib", doc)
+    viewmatplotlib.sample_colours_from_colourmap = _sample_colours_from_colourmap
+    top.visualize, visualize.viewmatplotlib = visualize, viewmatplotlib
+    for module in (top, visualize, viewmatplotlib):
+        module._qgface_stand_in = True
+        sys.modules[module.__name__] = module
     return True
 
 

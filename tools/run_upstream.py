@@ -10,8 +10,10 @@ What it does before running SCRIPT as ``__main__`` (``runpy.run_path``):
 1. ``qgface_plugin.upstream.load(ROOT)`` (``--root``, else ``ARCFACE_TORCH_ROOT``, else
    ``third_party/arcface_torch``): checks the API and applies ``apply_fixes`` (SciPy ``interp1d`` in
    ``eval/verification.py``, numpy aliases).
-2. ``install_lr_scheduler_compat`` (torch >= 2.7 removed ``verbose``, which ``PolynomialLRWarmup`` passes)
-   and ``install_tensorboard_fallback`` (tensorboardX when ``tensorboard`` is not installed).
+2. ``install_lr_scheduler_compat`` (torch >= 2.7 removed ``verbose``, which ``PolynomialLRWarmup`` passes),
+   ``install_tensorboard_fallback`` (tensorboardX when ``tensorboard`` is not installed) and
+   ``install_menpo_stub`` (``eval_ijbc.py`` imports menpo only for the ROC plot's colours; a
+   matplotlib stand-in when ``menpo`` is not installed).
 3. Only without CUDA: ``install_cpu_shim`` (NCCL -> gloo, ``.cuda()`` identity, CUDA streams, DDP
    without ``device_ids``, ``sync_random_seed`` on CPU).
 4. ``--config-dir DIR`` (repeatable): ``configs/<name>`` also resolves to ``DIR/<name>.py``; DIR comes
@@ -76,6 +78,7 @@ def prepare(root=None, config_dirs=(), synthetic_len=None, fixed_port=False):
     ns = upstream.load(root)
     upstream.install_lr_scheduler_compat()
     upstream.install_tensorboard_fallback()
+    upstream.install_menpo_stub()
     upstream.install_cpu_shim(ns)
     if config_dirs:
         upstream.add_config_dirs([Path(d).expanduser().resolve() for d in config_dirs], ns.root, prepend=True)

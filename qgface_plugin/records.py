@@ -45,7 +45,8 @@ def check_record_dataset(root: str | os.PathLike, num_classes: int, full_scan: i
         decode_sample: images decoded (first, last and random ones).
     """
     import cv2
-    import mxnet as mx  # arcface_torch's reader; imported here so the package imports without it
+    from .utils import import_mxnet
+    mx = import_mxnet()  # arcface_torch's reader; imported here so the package imports without it
 
     root = Path(root)
     rec_path, idx_path, prop_path = root / "train.rec", root / "train.idx", root / "property"

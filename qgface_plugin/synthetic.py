@@ -729,7 +729,8 @@ def write_train_rec(out_dir, samples, num_classes=None, size=112):
     Returns:
         ``(num_images, num_classes)``.
     """
-    import mxnet as mx  # lazy: the rest of the module needs only numpy + OpenCV
+    from .utils import import_mxnet
+    mx = import_mxnet()  # lazy: the rest of the module needs only numpy + OpenCV
 
     os.makedirs(out_dir, exist_ok=True)
     idx_path, rec_path = os.path.join(out_dir, "train.idx"), os.path.join(out_dir, "train.rec")
@@ -1012,7 +1013,8 @@ def make_dataset(out_dir, num_identities=100, images_per_identity=20, lq_fractio
 def read_rec_images(rec_dir, keys=None):
     """Read ``(key, label, rgb_image)`` from a header0 ``train.rec`` (mxnet's reader,
     decoded from JPEG to RGB). ``keys`` defaults to every image record."""
-    import mxnet as mx
+    from .utils import import_mxnet
+    mx = import_mxnet()
 
     rec = mx.recordio.MXIndexedRecordIO(os.path.join(rec_dir, "train.idx"),
                                         os.path.join(rec_dir, "train.rec"), "r")

@@ -407,7 +407,9 @@ def _import_modules(root: Path) -> dict:
             return _MODULES[key]
         fix_numpy_aliases()  # before mxnet (imported by dataset.py) needs np.bool
         importlib.invalidate_caches()
-        mods = {name: _import_checked(name, root) for name in MODULES}
+        from .utils import keep_torch_threads
+        with keep_torch_threads():  # dataset.py imports mxnet, which sets torch to 1 thread
+            mods = {name: _import_checked(name, root) for name in MODULES}
         _MODULES[key] = mods
         return mods
 

@@ -19,13 +19,11 @@ quality third) and ``<t>_scores.npy`` (pair scores in pair-file order, as upstre
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
-from qgface_plugin.errors import QGFaceConfigError, QGFaceInputError
-from qgface_plugin.eval.cli import evaluator_parser, make_extractor, write_report
+from qgface_plugin.eval.cli import evaluator_parser, run_evaluation, write_report
 from qgface_plugin.eval.ijb import DEFAULT_FARS, evaluate_ijb
 
 
@@ -104,17 +102,13 @@ def plot_roc(res: dict, path: Path, title: str, bins: int = 3) -> None:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    try:
-        extractor, info = make_extractor(args)
-        t0 = time.time()
-        res = evaluate_ijb(extractor, args.data, target=args.target, use_norm=args.norm_score,
-                           use_detector=args.detector_score, fars=args.fars, bins=args.quality_bins,
-                           load_batch=args.load_batch, workers=args.workers, cache_dir=args.cache,
-                           progress=args.progress)
-        seconds = round(time.time() - t0, 3)
-    except (QGFaceInputError, QGFaceConfigError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    got = run_evaluation(args, lambda ex: evaluate_ijb(
+        ex, args.data, target=args.target, use_norm=args.norm_score, use_detector=args.detector_score,
+        fars=args.fars, bins=args.quality_bins, load_batch=args.load_batch, workers=args.workers,
+        cache_dir=args.cache, progress=args.progress))
+    if got is None:
         return 2
+    res, info, seconds = got
     t = args.target.lower()
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)

@@ -19,11 +19,9 @@ Writes ``<output>/scface.json`` (fractions) and ``<output>/scface.md`` (percent)
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
-from qgface_plugin.errors import QGFaceConfigError, QGFaceInputError
-from qgface_plugin.eval.cli import evaluator_parser, make_extractor, write_report
+from qgface_plugin.eval.cli import evaluator_parser, run_evaluation, write_report
 from qgface_plugin.eval.scface import PROTOCOLS, evaluate_scface, read_subjects
 
 
@@ -64,17 +62,13 @@ def markdown(res: dict, flip: str) -> str:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    try:
-        subjects = read_subjects(args.subjects) if args.subjects else None
-        extractor, info = make_extractor(args)
-        t0 = time.time()
-        res = evaluate_scface(extractor, Path(args.data), protocol=args.protocol, subjects=subjects,
-                              bins=args.quality_bins, progress=args.progress, workers=args.workers,
-                              cache_dir=args.cache)
-        seconds = round(time.time() - t0, 3)
-    except (QGFaceInputError, QGFaceConfigError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    got = run_evaluation(args, lambda ex, subjects: evaluate_scface(
+        ex, Path(args.data), protocol=args.protocol, subjects=subjects, bins=args.quality_bins,
+        progress=args.progress, workers=args.workers, cache_dir=args.cache),
+        prepare=lambda: read_subjects(args.subjects) if args.subjects else None)
+    if got is None:
         return 2
+    res, info, seconds = got
     report = {"model": str(args.model), "model_info": info, "flip": args.flip, "seconds": seconds,
               "subjects_file": args.subjects,
               "units": {"rank1": "fraction", "quality_bins.rank1": "fraction", "distance_m": "metres"}, **res}

@@ -15,11 +15,9 @@ Writes ``<output>/tinyface.json`` (fractions) and ``<output>/tinyface.md`` (perc
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
-from qgface_plugin.errors import QGFaceConfigError, QGFaceInputError
-from qgface_plugin.eval.cli import evaluator_parser, make_extractor, write_report
+from qgface_plugin.eval.cli import evaluator_parser, run_evaluation, write_report
 from qgface_plugin.eval.tinyface import evaluate_tinyface
 
 
@@ -47,16 +45,12 @@ def markdown(res: dict, flip: str) -> str:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    try:
-        extractor, info = make_extractor(args)
-        t0 = time.time()
-        res = evaluate_tinyface(extractor, Path(args.data), ranks=tuple(args.ranks), bins=args.quality_bins,
-                                progress=args.progress, workers=args.workers,
-                                cache_dir=args.cache)
-        seconds = round(time.time() - t0, 3)
-    except (QGFaceInputError, QGFaceConfigError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    got = run_evaluation(args, lambda ex: evaluate_tinyface(
+        ex, Path(args.data), ranks=tuple(args.ranks), bins=args.quality_bins, progress=args.progress,
+        workers=args.workers, cache_dir=args.cache))
+    if got is None:
         return 2
+    res, info, seconds = got
     report = {"model": str(args.model), "model_info": info, "flip": args.flip, "seconds": seconds,
               "units": {"cmc": "fraction", "quality_bins.rank1": "fraction"}, **res}
     write_report(args.output, "tinyface", report, markdown(res, args.flip))

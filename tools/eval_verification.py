@@ -24,8 +24,8 @@ import sys
 import time
 from pathlib import Path
 
-from qgface_plugin.errors import QGFaceConfigError, QGFaceInputError
-from qgface_plugin.eval.cli import evaluator_parser, make_extractor, write_report
+from qgface_plugin.errors import QGFaceInputError
+from qgface_plugin.eval.cli import evaluator_parser, run_evaluation, write_report
 from qgface_plugin.eval.verification import evaluate_bin
 
 TARGETS = ("lfw", "cfp_fp", "agedb_30", "calfw", "cplfw")
@@ -97,20 +97,20 @@ def _quality_markdown(results: dict) -> list:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    try:
-        data = Path(args.data)
-        targets = resolve_targets(data, args.targets)
-        extractor, info = make_extractor(args)
-        results, seconds = {}, {}
+    data, seconds = Path(args.data), {}
+
+    def evaluate(extractor, targets):
+        results = {}
         for t in targets:
             t0 = time.time()
             results[t] = evaluate_bin(extractor, data / f"{t}.bin", lowres_sizes=args.lowres, nfolds=args.nfolds,
-                                      bins=args.quality_bins, progress=args.progress,
-                                      workers=args.workers)
+                                      bins=args.quality_bins, progress=args.progress, workers=args.workers)
             seconds[t] = round(time.time() - t0, 3)
-    except (QGFaceInputError, QGFaceConfigError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        return results
+    got = run_evaluation(args, evaluate, prepare=lambda: resolve_targets(data, args.targets))
+    if got is None:
         return 2
+    results, info, _ = got
     report = {"model": str(args.model), "model_info": info, "flip": args.flip, "nfolds": args.nfolds,
               "lowres_sizes": list(args.lowres), "quality_bins": args.quality_bins,
               "pair_quality": "min of the two images' raw (non-flipped) feature norms",

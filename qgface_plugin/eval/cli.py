@@ -7,7 +7,8 @@ from pathlib import Path
 
 from .features import FLIP_MODES, FeatureExtractor, load_model
 
-__all__ = ["SHARED_FLAGS", "evaluator_parser", "shared_argv", "make_extractor", "write_report"]
+__all__ = ["SHARED_FLAGS", "evaluator_parser", "shared_argv", "make_extractor", "run_evaluation",
+           "write_report"]
 
 
 # the model and extraction flags every evaluator shares: (flag, add_argument keywords)
@@ -55,6 +56,29 @@ def make_extractor(args):
     model, info = load_model(args.model, args.network, args.arcface_root)
     return FeatureExtractor(model, device=args.device, batch_size=args.batch_size, fp16=args.fp16,
                             flip=args.flip), info
+
+
+def run_evaluation(args, evaluate, prepare=None):
+    """Build the extractor from ``args`` and time ``evaluate(extractor)``.
+
+    ``prepare()`` (optional) runs first, so input it checks fails before a model is loaded; its result is
+    then passed on: ``evaluate(extractor, prepare())``. Returns
+    ``(result, model info, seconds)``, or ``None`` after printing ``error: <message>`` on stderr for bad
+    input or configuration (the tool then exits with status 2).
+    """
+    import sys
+    import time
+
+    from ..errors import QGFaceConfigError, QGFaceInputError
+    try:
+        extra = () if prepare is None else (prepare(),)
+        extractor, info = make_extractor(args)
+        t0 = time.time()
+        result = evaluate(extractor, *extra)
+        return result, info, round(time.time() - t0, 3)
+    except (QGFaceInputError, QGFaceConfigError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return None
 
 
 def write_report(output, name: str, report: dict, markdown: str) -> None:

@@ -24,6 +24,7 @@ def _run(*flags, env_extra=None, timeout=120):
 def test_bench_eval_quick_scoring():
     res, _ = _run("--skip-extract")
     assert res["pairs"] == 20_000 and res["max_abs_diff"] < 1e-5 and res["matrix_s"] > 0
+    assert res["images"] == 3_000 and res["pool_s"] > 0
     assert res["extract"] is None and res["extract_skipped"] == "--skip-extract"
 
 

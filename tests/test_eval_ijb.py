@@ -110,7 +110,8 @@ def test_template_features_no_norm_and_scores():
     np.testing.assert_allclose(tf[1], np.array([0.5, 2.0]) / np.linalg.norm([0.5, 2.0]), rtol=1e-6)
 
 
-def test_template_features_matches_loop():
+@pytest.mark.parametrize("chunk", [65536, 37])  # 37: the sparse sum runs over 11 chunks of images
+def test_template_features_matches_loop(chunk):
     rng = np.random.default_rng(0)
     n, d = 400, 8
     feats = rng.standard_normal((n, d))
@@ -118,8 +119,9 @@ def test_template_features_matches_loop():
     m = rng.integers(0, 5, n) + 100 * t  # medias unique per template, as in IJB
     m[::7] = 3  # plus some media ids shared across templates
     sc = rng.uniform(0.1, 1.0, n)
-    ut, tf = template_features(feats, t, m, use_norm=False, scores=sc)
-    x = feats / np.linalg.norm(feats, axis=1, keepdims=True) * sc[:, None]
+    feats[5] = 0.0  # a zero feature stays zero when normalised (as sklearn's normalize)
+    ut, tf = template_features(feats.astype(np.float32), t, m, use_norm=False, scores=sc, chunk=chunk)
+    x = feats / np.maximum(np.linalg.norm(feats, axis=1, keepdims=True), 1e-300) * sc[:, None]
     for k, tt in enumerate(ut):
         ms = [x[(t == tt) & (m == mm)].mean(0) for mm in np.unique(m[t == tt])]
         v = np.sum(ms, 0)

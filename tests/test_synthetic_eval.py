@@ -1,5 +1,9 @@
-"""The synthetic IJB-B/C tree (qgface_plugin.synthetic_eval): layout, alignment, determinism, pair labels."""
+"""The synthetic benchmarks (qgface_plugin.synthetic_eval): the IJB-B/C tree (layout, alignment, determinism,
+pair labels), TinyFace and SCface (parsed by the evaluators' own listers, quality ordering) and make_benchmarks
+(found by tools/eval_suite.py, tools/make_synthetic_benchmarks.py)."""
 import hashlib
+import importlib.util
+import json
 from pathlib import Path
 
 import cv2
@@ -8,7 +12,11 @@ import pytest
 from skimage import transform as sk_transform
 
 from qgface_plugin.errors import QGFaceConfigError
-from qgface_plugin.synthetic_eval import aligned_face, make_ijb
+from qgface_plugin.eval.ijb import read_meta
+from qgface_plugin.eval.scface import list_scface, select_subjects
+from qgface_plugin.eval.tinyface import list_tinyface
+from qgface_plugin.synthetic_eval import (SIZES, SUMMARY_FILE, aligned_face, make_benchmarks, make_ijb, make_scface,
+                                          make_tinyface, scface_image, tinyface_image)
 
 SMALL = dict(num_subjects=5, templates_per_subject=3, seed=7, lq_fraction=0.4)
 
@@ -141,3 +149,148 @@ def test_ijbb_and_all_impostors(tmp_path):
 def test_bad_arguments(tmp_path, kw):
     with pytest.raises(QGFaceConfigError):
         make_ijb(tmp_path, **kw)
+
+
+# ------------------------------------------------------------------------------- TinyFace, SCface, the suite
+def _load(name, rel):
+    spec = importlib.util.spec_from_file_location(name, ROOT / rel)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH_SEED = 3
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bench")
+    return root, make_benchmarks(root, seed=BENCH_SEED)
+
+
+def _sharpness(path):
+    """Variance of the Laplacian of the grey image: a simple sharpness / detail measure."""
+    grey = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+    return float(cv2.Laplacian(grey.astype(np.float64), cv2.CV_64F).var())
+
+
+def test_benchmarks_are_discovered_by_the_suite(bench):
+    root, info = bench
+    suite = _load("_suite_for_synthetic_eval", "tools/eval_suite.py")
+    assert suite.discover(root) == {"bins": None, "tinyface": root / "tinyface", "scface": root / "scface",
+                                    "ijbb": None, "ijbc": root / "IJBC"}
+    assert json.loads((root / SUMMARY_FILE).read_text()) == {k: v for k, v in info.items() if k != "seconds"}
+    assert info["size"] == "small" and info["seed"] == BENCH_SEED
+    meta = read_meta(str(root / "IJBC"), "IJBC")
+    n = info["counts"]["ijbc"]
+    assert len(meta["names"]) == n["images"] and len(meta["labels"]) == n["pairs"]
+    assert int(meta["labels"].sum()) == n["genuine"] and n["impostor"] == n["pairs"] - n["genuine"]
+    t = n["templates"]
+    assert n["impostor"] == t * (t - 1) // 2 - n["genuine"]  # every impostor template pair: the finest FAR grid
+    images = sum(1 for p in root.rglob("*.jpg"))
+    assert images == info["images"]
+
+
+def test_tinyface_layout_parses(bench):
+    root, info = bench
+    lst = list_tinyface(root / "tinyface")
+    c = info["counts"]["tinyface"]
+    assert lst["root"] == root / "tinyface"
+    assert len(lst["probe_paths"]) == c["probes"] == c["identities"] * 2
+    assert (lst["n_match"], lst["n_distractor"]) == (c["gallery_match"], c["distractors"])
+    assert sorted(set(lst["probe_ids"].tolist())) == list(range(1, c["identities"] + 1))
+    assert sorted(set(lst["gallery_ids"][:lst["n_match"]].tolist())) == list(range(1, c["identities"] + 1))
+    assert (lst["gallery_ids"][lst["n_match"]:] == -1).all()
+    probe_names = {p.name for p in lst["probe_paths"]}
+    assert not probe_names & {p.name for p in lst["gallery_paths"]}  # every file name is unique
+    for p in lst["probe_paths"][:3] + lst["gallery_paths"][-3:]:
+        assert cv2.imread(str(p)).shape == (112, 112, 3)
+
+
+def test_scface_layout_parses_and_test80_is_not_empty(bench):
+    root, info = bench
+    c = info["counts"]["scface"]
+    lst = list_scface(root / "scface")
+    subjects = lst["gallery_ids"].tolist()
+    assert len(subjects) == c["subjects"] and subjects == sorted(subjects)
+    assert len(lst["probes"]) == c["probes"] == 15 * c["subjects"]
+    assert lst["skipped"] == c["ir_excluded"] == 6 * c["subjects"]  # cameras 6, 7: listed, excluded
+    assert {(p[3], p[4]) for p in lst["probes"]} == {(cam, d) for cam in range(1, 6) for d in (1, 2, 3)}
+    first = (root / "scface" / "all.txt").read_text().splitlines()[0].split("\t")
+    assert first == [f"{subjects[0]:03d}_frontal", str(subjects[0])]
+    t80, label, _ = select_subjects(lst, "test80")
+    assert label == "test80" and len(t80["gallery_ids"]) == c["test80_subjects"] > 0
+    assert c["test80_subjects"] < c["subjects"]  # the two protocols differ
+    assert len(t80["probes"]) == 15 * c["test80_subjects"]
+    for _, path, *_ in lst["probes"][:2]:
+        assert cv2.imread(str(path)).shape == (112, 112, 3)
+
+
+def test_quality_ordering(bench):
+    root, _ = bench
+    tf = list_tinyface(root / "tinyface")
+    probe = np.mean([_sharpness(p) for p in tf["probe_paths"]])
+    match = np.mean([_sharpness(p) for p in tf["gallery_paths"][:tf["n_match"]]])
+    assert probe < 0.5 * match, (probe, match)  # tiny probes, mixed gallery
+    sc = list_scface(root / "scface")
+    by_d = {d: np.mean([_sharpness(p[1]) for p in sc["probes"] if p[4] == d]) for d in (1, 2, 3)}
+    gallery = np.mean([_sharpness(p) for p in sc["gallery_paths"]])
+    assert by_d[1] < by_d[2] < by_d[3] < gallery, (by_d, gallery)  # 4.2 m worst, mug-shots best
+
+
+def test_benchmarks_deterministic_and_cli(bench, tmp_path, capsys):
+    root, info = bench
+    cli = _load("_make_synthetic_benchmarks", "tools/make_synthetic_benchmarks.py")
+    assert cli.main(["--output", str(tmp_path / "a"), "--seed", str(BENCH_SEED)]) == 0
+    out = capsys.readouterr().out
+    assert "tinyface" in out and "scface" in out and "ijbc" in out and SUMMARY_FILE in out
+    assert _digest(tmp_path / "a") == _digest(root)
+    # a subject / identity depends on the seed and its number only; other seeds give other images
+    assert np.array_equal(scface_image(BENCH_SEED, 51, 2, 3), scface_image(BENCH_SEED, 51, 2, 3))
+    assert not np.array_equal(scface_image(BENCH_SEED, 51, 2, 3), scface_image(BENCH_SEED + 1, 51, 2, 3))
+    assert not np.array_equal(tinyface_image(BENCH_SEED, 0, 1, 1), tinyface_image(BENCH_SEED + 1, 0, 1, 1))
+    assert cli.main(["--output", str(tmp_path / "b"), "--seed", "-1"]) == 2
+
+
+def test_tinyface_small_and_stray_images(tmp_path):
+    info = make_tinyface(tmp_path, num_identities=3, probes_per_identity=1, gallery_per_identity=2, distractors=4,
+                         seed=5, gallery_lq_fraction=0.5)
+    assert info["names"]["Probe"] == ["1_1.jpg", "2_1.jpg", "3_1.jpg"]
+    assert info["names"]["Gallery_Match"][:2] == ["1_2.jpg", "1_3.jpg"]
+    assert info["names"]["Gallery_Distractor"] == [f"{j:06d}.jpg" for j in range(1, 5)]
+    assert info["num_gallery_lq"] == 3 + 2 and all(16 <= s <= 24 for s in info["probe_sides"])
+    again = make_tinyface(tmp_path, num_identities=3, probes_per_identity=1, gallery_per_identity=2, distractors=4,
+                          seed=5, gallery_lq_fraction=0.5)  # same files: rewritten in place
+    assert again["probe_levels"] == info["probe_levels"]
+    with pytest.raises(QGFaceConfigError, match="would not write"):  # fewer distractors: stale ones left over
+        make_tinyface(tmp_path, num_identities=3, probes_per_identity=1, gallery_per_identity=2, distractors=2)
+
+
+@pytest.mark.parametrize("fn,kw", [(make_scface, dict(num_subjects=5, first_subject=997)),
+                                   (make_scface, dict(num_subjects=0)),
+                                   (make_tinyface, dict(distractors=0)),
+                                   (make_tinyface, dict(gallery_lq_fraction=2.0)),
+                                   (make_benchmarks, dict(size="large"))])
+def test_bad_suite_arguments(tmp_path, fn, kw):
+    with pytest.raises(QGFaceConfigError):
+        fn(tmp_path, **kw)
+
+
+def test_scface_defaults_cover_both_protocols(tmp_path):
+    info = make_scface(tmp_path, num_subjects=3, first_subject=50, seed=1)
+    assert info["subjects"] == [50, 51, 52] and info["num_test80_subjects"] == 2
+    assert info["keys"][:3] == ["050_frontal", "050_cam1_1", "050_cam1_2"]
+    assert select_subjects(list_scface(tmp_path), "test80")[0]["gallery_ids"].tolist() == [51, 52]
+    # the make_scface defaults themselves: subjects 041..060, ten of them in test80
+    import inspect
+    d = inspect.signature(make_scface).parameters
+    first, n = d["first_subject"].default, d["num_subjects"].default
+    assert sum(51 <= s <= 130 for s in range(first, first + n)) == 10 and first < 51
+
+
+def test_ijbb_gets_other_subjects_than_ijbc():
+    from qgface_plugin.synthetic_eval import _ijb_seed
+    assert _ijb_seed(0, "IJBC") == 0 and _ijb_seed(0, "IJBB") not in (0, 1)
+    assert _ijb_seed(0, "IJBB") == _ijb_seed(0, "IJBB") != _ijb_seed(1, "IJBB")
+    assert set(SIZES) == {"small", "medium"} and "IJBB" in SIZES["medium"]

@@ -5,7 +5,10 @@
    ``--templates`` random L2-normalised float32 template features of dimension ``--dim`` and ``--pairs``
    random template-id pairs (default 23,000 x 512 and 15.6M pairs, the IJB-C 1:1 size). Times the matrix
    method (median of ``--repeats``) and the pairs method (once), checks the two agree, prints the times,
-   the ratio and the peak RSS.
+   the ratio and the peak RSS. Before that, template pooling at the same scale: ``--images`` random float32
+   image features (default 469,375, IJB-C's count) in ``--templates`` templates of 1-5 medias, pooled by
+   :func:`~qgface_plugin.eval.ijb.template_features` with upstream's default options (norm and detector
+   score kept).
 2. Extraction: arcface_torch's ``--extract-network`` (default r50), built with upstream's ``get_model``
    through :func:`qgface_plugin.upstream.load` (``--arcface-root`` or ``ARCFACE_TORCH_ROOT``), exported
    with :func:`qgface_plugin.export.export_onnx` to a temporary folder, then timed with
@@ -19,7 +22,7 @@
    upstream is not found (or with ``--skip-extract``); the scoring part runs regardless.
 
 Ends with one JSON line holding every figure (``"extract": null`` and ``"extract_skipped": reason`` when
-skipped). ``--quick`` uses small sizes (for tests): 300 templates, D=64, 20k pairs; r18 on 1 batch of 4.
+skipped). ``--quick`` uses small sizes (for tests): 300 templates, D=64, 20k pairs, 3k images; r18 on 1 batch of 4.
 """
 from __future__ import annotations
 
@@ -37,7 +40,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from qgface_plugin.eval.ijb import pair_scores  # noqa: E402
+from qgface_plugin.eval.ijb import pair_scores, template_features  # noqa: E402
 
 ENABLE_HINT = ("set ARCFACE_TORCH_ROOT (or pass --arcface-root) to insightface's recognition/arcface_torch, "
                "or run tools/fetch_arcface_torch.py")
@@ -49,7 +52,21 @@ def _peak_rss_mib() -> float:
 
 
 # ------------------------------------------------------------------------------------------- scoring
+def bench_pooling(args) -> dict:
+    rng = np.random.default_rng(args.seed + 1)
+    tmpl = rng.integers(0, args.templates, args.images) * 7 + 3
+    media = tmpl * 10 + rng.integers(0, 5, args.images)
+    x = rng.standard_normal((args.images, args.dim), dtype=np.float32)
+    det = rng.uniform(0.5, 1.0, args.images).astype(np.float32)
+    t0 = time.perf_counter()
+    tids, _ = template_features(x, tmpl, media, use_norm=True, scores=det)
+    t = time.perf_counter() - t0
+    print(f"pooling: {args.images} images into {len(tids)} templates in {t:.3f} s")
+    return {"images": args.images, "pool_s": round(t, 4)}
+
+
 def bench_scoring(args) -> dict:
+    pool = bench_pooling(args)
     rng = np.random.default_rng(args.seed)
     tids = np.sort(rng.choice(args.templates * 4, size=args.templates, replace=False)).astype(np.int64)
     F = rng.standard_normal((args.templates, args.dim), dtype=np.float32)
@@ -75,12 +92,12 @@ def bench_scoring(args) -> dict:
         print(f"pairs (upstream-style): {t_pairs:.3f} s; speed-up {t_pairs / t_matrix:.1f}x; "
               f"max |matrix - pairs| = {max_diff:.2e}")
     rss = _peak_rss_mib()
-    print(f"peak RSS (scoring): {rss:.0f} MiB")
+    print(f"peak RSS (pooling + scoring): {rss:.0f} MiB")
     return {"bench": "ijb_pair_scores", "templates": args.templates, "dim": args.dim, "pairs": args.pairs,
             "matrix_s": round(t_matrix, 4), "matrix_runs_s": [round(t, 4) for t in times],
             "pairs_s": None if t_pairs is None else round(t_pairs, 4),
             "speedup": None if t_pairs is None else round(t_pairs / t_matrix, 2),
-            "max_abs_diff": max_diff, "peak_rss_mib": round(rss, 1)}
+            "max_abs_diff": max_diff, "peak_rss_mib": round(rss, 1), **pool}
 
 
 # ---------------------------------------------------------------------------------------- extraction
@@ -197,11 +214,12 @@ def main(argv=None) -> dict:
     ap.add_argument("--templates", type=int, default=23_000)
     ap.add_argument("--dim", type=int, default=512)
     ap.add_argument("--pairs", type=int, default=15_600_000)
+    ap.add_argument("--images", type=int, default=469_375, help="image features pooled into the templates")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--skip-pairs", action="store_true", help="do not time the slow upstream-style method")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quick", action="store_true",
-                    help="small sizes (300 templates, D=64, 20k pairs; extraction: r18, 1 batch of 4, 1 round)")
+                    help="small sizes (300 templates, D=64, 20k pairs, 3k images; extraction: r18, 1 batch of 4, 1 round)")
     g = ap.add_argument_group("feature extraction (ONNX Runtime vs torch, CPU)")
     g.add_argument("--skip-extract", action="store_true", help="do not run the extraction benchmark")
     g.add_argument("--extract-network", help="arcface_torch backbone (default r50; r18 with --quick)")
@@ -214,7 +232,7 @@ def main(argv=None) -> dict:
     g.add_argument("--arcface-root", help="arcface_torch folder (default: ARCFACE_TORCH_ROOT or third_party)")
     args = ap.parse_args(argv)
     if args.quick:
-        args.templates, args.dim, args.pairs = 300, 64, 20_000
+        args.templates, args.dim, args.pairs, args.images = 300, 64, 20_000, 3_000
     for key, full, quick in (("extract_network", "r50", "r18"), ("extract_batch", 64, 4),
                              ("extract_batches", 3, 1), ("extract_repeats", 5, 1)):
         if getattr(args, key) is None:

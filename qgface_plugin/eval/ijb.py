@@ -134,8 +134,8 @@ def _l2n(x: np.ndarray) -> np.ndarray:
     return x / np.where(n > 0, n, 1.0)  # zero rows stay zero (as sklearn.preprocessing.normalize)
 
 
-def template_features(img_feats, templates, medias, use_norm: bool = True,
-                      scores=None) -> Tuple[np.ndarray, np.ndarray]:
+def template_features(img_feats, templates, medias, use_norm: bool = True, scores=None,
+                      chunk: int = 65536) -> Tuple[np.ndarray, np.ndarray]:
     """Pool raw image features ``[N, D]`` into L2-normalised template features, as upstream ``eval_ijbc.py``.
 
     * ``use_norm=True`` (upstream N1, its default): the raw features are used as they are, so the feature norm
@@ -143,45 +143,47 @@ def template_features(img_feats, templates, medias, use_norm: bool = True,
     * ``scores`` (``[N]`` detector/faceness scores; upstream D1, its default, passes them): each image feature
       is multiplied by its score after the step above. ``None`` = no score weighting.
     * mean over the images of each (template, media), **sum** over the medias of a template, L2-normalise.
-    Computed in float64 (as upstream), returned as ``(unique_templates [T] int64 sorted, feats [T, D] float32)``.
+
+    All of it is one weighted sum per template, ``T_t = sum_i w_i x_i`` with ``w_i = score_i / |x_i|^[not
+    use_norm] / (images in i's media)``, computed as a sparse ``[T, N] x [N, D]`` product in float64, ``chunk``
+    images at a time (no float64 copy of all the features).
+    Returns ``(unique_templates [T] int64 sorted, feats [T, D] float32)``.
     """
-    x = np.asarray(img_feats, dtype=np.float64)
+    import scipy.sparse as sp
+    x = np.asarray(img_feats)
+    if x.dtype not in (np.float32, np.float64):
+        x = x.astype(np.float32)
     templates = np.asarray(templates).astype(np.int64, copy=False).ravel()
     medias = np.asarray(medias).astype(np.int64, copy=False).ravel()
     if x.ndim != 2 or len(templates) != len(x) or len(medias) != len(x):
         raise QGFaceInputError(f"template_features: img_feats must be [N, D] with N == len(templates) == "
                                f"len(medias); got {x.shape}, {templates.shape}, {medias.shape}")
-    if not np.isfinite(x).all():
-        raise QGFaceInputError("template_features: img_feats has non-finite values")
-    if not use_norm:
-        x = _l2n(x)
+    n = len(x)
+    w = np.ones(n)
+    step = max(1, int(chunk))
+    for i in range(0, n, step):
+        xi = x[i:i + step]
+        if not np.isfinite(xi).all():
+            raise QGFaceInputError("template_features: img_feats has non-finite values")
+        if not use_norm:
+            norm = np.sqrt(np.einsum("ij,ij->i", xi, xi, dtype=np.float64))
+            w[i:i + step] = 1.0 / np.where(norm > 0, norm, 1.0)  # zero rows stay zero (as sklearn normalize)
     if scores is not None:
-        s = np.asarray(scores, dtype=np.float64).ravel()
-        if len(s) != len(x):
-            raise QGFaceInputError(f"template_features: scores has {len(s)} entries for {len(x)} images")
-        x = x * s[:, None]
-    # (template, media) groups
-    tm = np.stack([templates, medias], 1)
-    uniq_tm, g = np.unique(tm, axis=0, return_inverse=True)
+        sc = np.asarray(scores, dtype=np.float64).ravel()
+        if len(sc) != n:
+            raise QGFaceInputError(f"template_features: scores has {len(sc)} entries for {n} images")
+        w *= sc
+    uniq_tm, g = np.unique(np.stack([templates, medias], 1), axis=0, return_inverse=True)
     g = g.ravel()
-    media_sum = np.zeros((len(uniq_tm), x.shape[1]))
-    _add_rows(media_sum, g, x)
-    media_mean = media_sum / np.bincount(g, minlength=len(uniq_tm))[:, None]
-    # sum of media means per template (uniq_tm is sorted by template first)
-    uniq_t, t_idx = np.unique(uniq_tm[:, 0], return_inverse=True)
+    w /= np.bincount(g, minlength=len(uniq_tm))[g]  # mean within a media
+    uniq_t, t_of_group = np.unique(uniq_tm[:, 0], return_inverse=True)  # uniq_tm is sorted by template
+    rows = t_of_group.ravel()[g]
     tmpl = np.zeros((len(uniq_t), x.shape[1]))
-    _add_rows(tmpl, t_idx.ravel(), media_mean)
+    for i in range(0, n, step):
+        j = min(i + step, n)
+        m = sp.csr_matrix((w[i:j], (rows[i:j], np.arange(j - i))), shape=(len(uniq_t), j - i))
+        tmpl += m @ x[i:j].astype(np.float64)
     return uniq_t, _l2n(tmpl).astype(np.float32)
-
-
-def _add_rows(out: np.ndarray, idx: np.ndarray, x: np.ndarray) -> None:
-    """``np.add.at(out, idx, x)`` via a sort + ``np.add.reduceat`` (much faster than add.at for large N)."""
-    if len(idx) == 0:
-        return
-    order = np.argsort(idx, kind="stable")
-    si = idx[order]
-    starts = np.flatnonzero(np.r_[True, si[1:] != si[:-1]])
-    out[si[starts]] += np.add.reduceat(x[order], starts, axis=0)
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -45,7 +45,8 @@ class FeatureExtractor:
         model: a ``torch.nn.Module`` returning raw embeddings ``[B, D]`` (put in eval mode here), or the
             path of an ``.onnx`` file (run with onnxruntime's CPU provider; the input name is read from
             the session; a fixed batch dimension is respected by padding the last batch).
-        device: torch device for a torch model (ignored for ONNX).
+        device: torch device for a torch model; for ONNX, ``cuda*`` runs on onnxruntime's CUDA provider when
+            the installed onnxruntime has it (``onnxruntime-gpu``), else on the CPU provider.
         batch_size: images per forward pass (each pass runs the flipped copies separately).
         fp16: torch autocast (float16 on CUDA, bfloat16 on CPU); features are returned as float32.
             Ignored for ONNX.
@@ -68,7 +69,7 @@ class FeatureExtractor:
                 raise QGFaceInputError(f"{path}: ONNX model file not found")
             import onnxruntime as ort
             try:
-                self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+                self.session = ort.InferenceSession(str(path), providers=onnx_providers(device))
             except Exception as e:  # onnxruntime raises its own exception types
                 raise QGFaceInputError(f"{path}: cannot be loaded as an ONNX model ({e})") from e
             inp = self.session.get_inputs()[0]
@@ -189,6 +190,15 @@ def load_model(model_path, network=None, root=None):
     from ..export import infer_embedding_size, load_backbone
     net = load_backbone(network, model_path, root=root)
     return net, {"kind": "torch", "network": network, "embedding_size": infer_embedding_size(net.state_dict())}
+
+
+def onnx_providers(device="cpu") -> list:
+    """onnxruntime providers for ``device``: CUDA first when asked for and available, CPU always."""
+    import onnxruntime as ort
+    if str(device).startswith("cuda") and "CUDAExecutionProvider" in ort.get_available_providers():
+        index = str(device).partition(":")[2] or "0"
+        return [("CUDAExecutionProvider", {"device_id": int(index)}), "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
 
 
 def read_image(path, size=112) -> np.ndarray:

@@ -501,12 +501,12 @@ def make_scface(root, num_subjects=20, seed=0, first_subject=41) -> dict:
 # ----------------------------------------------------------------------------------------------- the suite
 #: ``make_benchmarks`` sizes: keyword arguments of each generator (IJB: ``make_ijb``'s, less target and seed).
 SIZES = {
-    "small": {  # ~900 images to embed (scface twice: all, test80): with the demo's .bin sets ~2 CPU minutes
+    "small": {  # 837 files, ~900 embeddings (SCface twice: all, test80); the demo's suite ~80 s on 2 CPU cores
         "tinyface": dict(num_identities=40, probes_per_identity=2, gallery_per_identity=2, distractors=120),
         "scface": dict(num_subjects=16, first_subject=45),
         "IJBC": dict(num_subjects=30, templates_per_subject=3, medias_per_template=(1, 2), images_per_media=(1, 2)),
     },
-    "medium": {  # ~6,500 images: TAR@FAR=1e-4 resolvable on IJB-C (~80k impostor pairs)
+    "medium": {  # 7,217 files, ~7,700 embeddings (~5 CPU minutes); TAR@FAR=1e-4 resolved on IJB-C (79k impostors)
         "tinyface": dict(num_identities=150, probes_per_identity=3, gallery_per_identity=3, distractors=1500),
         "scface": dict(num_subjects=130, first_subject=1),
         "IJBC": dict(num_subjects=100, templates_per_subject=4, medias_per_template=(1, 3), images_per_media=(1, 2)),

@@ -152,15 +152,16 @@ def test_bad_arguments(tmp_path, kw):
 
 
 # ------------------------------------------------------------------------------- TinyFace, SCface, the suite
+ROOT = Path(__file__).resolve().parents[1]
+BENCH_SEED = 3
+
+
 def _load(name, rel):
+    """A module of tools/ (not a package), imported by path."""
     spec = importlib.util.spec_from_file_location(name, ROOT / rel)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-ROOT = Path(__file__).resolve().parents[1]
-BENCH_SEED = 3
 
 
 @pytest.fixture(scope="module")

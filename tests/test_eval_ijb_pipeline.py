@@ -281,6 +281,10 @@ def test_tool_writes_json_md_png_npy(tree, lookup_onnx, tmp_path):
     assert (tmp_path / "ijbc_roc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     md = (tmp_path / "ijbc.md").read_text()
     assert f"{100 * expect['TAR@FAR=1e-1']:.2f}" in md and "lowest" in md
+    # 40 impostor pairs resolve FAR 1e-1 only: the other columns are marked
+    assert rep["min_resolvable_far"] == pytest.approx(1 / 40)
+    assert f"{100 * expect['TAR@FAR=1e-2']:.2f} †" in md and f"{100 * expect['TAR@FAR=1e-1']:.2f} |" in md
+    assert "† FAR below 1 / 40 impostor pairs" in md
 
 
 def test_tool_bad_inputs_name_file_and_line(tree, lookup_onnx, tmp_path):

@@ -48,6 +48,15 @@ def _far_label(key: str) -> str:
     return key.split("=", 1)[1]
 
 
+def resolvable(key: str, min_far: float) -> bool:
+    """Whether the FAR of a ``TAR@FAR=...`` key is at least ``1 / impostor pairs``."""
+    return float(_far_label(key)) >= min_far * (1 - 1e-9)
+
+
+def _dagger(key: str, res: dict) -> str:
+    return "" if resolvable(key, res["min_resolvable_far"]) else " †"
+
+
 def markdown(res: dict, args) -> str:
     keys = list(res["tar_at_far"])
     c, pr = res["counts"], res["protocol"]
@@ -56,14 +65,18 @@ def markdown(res: dict, args) -> str:
              f"flip: {pr['flip']}, norm score: {'on' if pr['norm_score'] else 'off'}, detector score: "
              f"{'on' if pr['detector_score'] else 'off'}; AUC {100 * res['auc']:.4f} %", "",
              "| model | " + " | ".join(_far_label(k) for k in keys) + " |", "|---" * (len(keys) + 1) + "|",
-             f"| {Path(args.model).name} | " + " | ".join(_pct(res["tar_at_far"][k]) for k in keys) + " |"]
+             f"| {Path(args.model).name} | " + " | ".join(_pct(res["tar_at_far"][k]) + _dagger(k, res) for k in keys)
+             + " |"]
+    if any(_dagger(k, res) for k in keys):
+        lines += ["", f"† FAR below 1 / {c['impostor']} impostor pairs: not resolved by this set (the value is "
+                  "the TAR at the ROC point nearest to it, FAR 0)."]
     if res["quality_bins"]:
         lines += ["", "TAR (%) by pair quality (lower template feature norm of the pair), at the global "
                   "thresholds", "", "| bin | pairs | genuine | quality | " + " | ".join(_far_label(k) for k in keys)
                   + " |", "|---" * (len(keys) + 4) + "|"]
         for b in res["quality_bins"]:
             lines.append(f"| {b['bin']} | {b['pairs']} | {b['genuine']} | {b['quality_min']:.2f}–"
-                         f"{b['quality_max']:.2f} | " + " | ".join(_pct(b[k]) for k in keys) + " |")
+                         f"{b['quality_max']:.2f} | " + " | ".join(_pct(b[k]) + _dagger(k, res) for k in keys) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -411,6 +411,8 @@ def evaluate_ijb(extractor, data_dir, target: str = "IJBC", use_norm: bool = Tru
                      "template": "mean within media, sum over media, L2-normalise; cosine score"},
         "counts": {"images": int(len(names)), "templates": int(len(tids)), "pairs": int(len(scores)),
                    "genuine": int((meta["labels"] == 1).sum()), "impostor": int((meta["labels"] == 0).sum())},
+        # below 1 / impostor pairs a FAR cannot be resolved: the nearest ROC point is FAR 0
+        "min_resolvable_far": 1.0 / max(1, int((meta["labels"] == 0).sum())),
         "quality": "template quality = mean raw feature norm of its images; pair quality = the lower of the two",
         "quality_bins": quality_tar(scores, meta["labels"], pq, roc, bins) if bins else [],
         "norm_mean": float(norms.mean()),

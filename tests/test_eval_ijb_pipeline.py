@@ -4,6 +4,7 @@ Images are flat colours whose red value is the image's index and the "backbone" 
 that value to a hand-placed feature, so every expected figure is computed here from the hand-placed
 features with plain loops (an independent, slow implementation of upstream's protocol).
 """
+import csv
 import json
 import math
 import subprocess
@@ -285,6 +286,24 @@ def test_tool_writes_json_md_png_npy(tree, lookup_onnx, tmp_path):
     assert rep["min_resolvable_far"] == pytest.approx(1 / 40)
     assert f"{100 * expect['TAR@FAR=1e-2']:.2f} †" in md and f"{100 * expect['TAR@FAR=1e-1']:.2f} |" in md
     assert "† FAR below 1 / 40 impostor pairs" in md
+    # the quality of every image (meta order) and template: norm = |table[i]| of the hand-placed features
+    assert (rep["quality_file"], rep["template_quality_file"]) == ("ijbc_quality.csv", "ijbc_template_quality.csv")
+    with open(tmp_path / "ijbc_quality.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == ["image", "template", "media", "det_score", "norm"]
+    assert [r["image"] for r in rows] == [f"img_{i}.png" for i in range(tree["n"])]
+    assert [int(r["template"]) for r in rows] == tree["tmpl"] and [int(r["media"]) for r in rows] == tree["media"]
+    assert [float(r["det_score"]) for r in rows] == pytest.approx(tree["det"], rel=1e-6)
+    norms = np.linalg.norm(tree["table"][:tree["n"]], axis=1)  # float32, as the extractor computes them
+    assert [r["norm"] for r in rows] == [f"{v:.6g}" for v in norms]
+    with open(tmp_path / "ijbc_template_quality.csv", newline="") as f:
+        trows = list(csv.DictReader(f))
+    assert list(trows[0]) == ["template", "images", "quality"]
+    assert [int(r["template"]) for r in trows] == sorted(set(tree["tmpl"]))
+    assert all(r["images"] == "4" for r in trows)
+    tq = [np.mean([norms[i] for i in range(tree["n"]) if tree["tmpl"][i] == int(r["template"])]) for r in trows]
+    np.testing.assert_allclose([float(r["quality"]) for r in trows], tq, rtol=1e-5)
+    assert "per_image" not in rep and "per_template" not in rep
 
 
 def test_tool_bad_inputs_name_file_and_line(tree, lookup_onnx, tmp_path):

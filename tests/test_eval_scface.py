@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from _models import export_tiny_onnx
+from test_eval_tinyface import read_csv, tiny_norms
 from qgface_plugin.errors import QGFaceInputError
 from qgface_plugin.eval.scface import list_scface, parse_key, rank1_by_distance, read_subjects, select_subjects
 
@@ -144,6 +145,18 @@ def test_tool_end_to_end_onnx(tmp_path, capsys):
     md = (out / "scface.md").read_text()
     assert "protocol **all**" in md and "d1 (4.2 m)" in md and "| all | 75.00 | 100.00 | 100.00 |" in md
     assert "d3 (1.0 m)" in capsys.readouterr().out
+    # the quality of every probe and gallery image, with independently computed norms
+    assert rep["quality_file"] == "scface_quality.csv"
+    rows = read_csv(out / "scface_quality.csv")
+    assert list(rows[0]) == ["role", "key", "subject", "camera", "distance", "norm", "rank1_correct"]
+    assert [r["role"] for r in rows] == ["probe"] * 12 + ["gallery"] * 4
+    assert rows[0] == {**rows[0], "key": "001_cam1_1", "subject": "1", "camera": "1", "distance": "d1",
+                       "rank1_correct": "0"}
+    assert [r["rank1_correct"] for r in rows] == ["0"] + ["1"] * 11 + [""] * 4
+    assert [r["distance"] for r in rows[:3]] == ["d1", "d2", "d3"] and rows[2]["camera"] == "5"
+    assert rows[-1] == {**rows[-1], "key": "131_frontal", "subject": "131", "camera": "", "distance": ""}
+    np.testing.assert_allclose([float(r["norm"]) for r in rows],
+                               tiny_norms([data / "aligned_dir" / f"{r['key']}.jpg" for r in rows]), rtol=2e-5)
 
     rc = tool.main(["--model", str(model), "--data", str(data), "--output", str(out), "--protocol", "test80"])
     assert rc == 0
@@ -151,6 +164,8 @@ def test_tool_end_to_end_onnx(tmp_path, capsys):
     assert rep["protocol"] == "test80" and rep["subjects"] == 2 and rep["subject_range"] == [51, 52]
     assert rep["rank1"] == pytest.approx({"d1": 1.0, "d2": 1.0, "d3": 1.0, "overall": 1.0})
     assert "protocol **test80**" in (out / "scface.md").read_text()
+    assert {r["subject"] for r in read_csv(out / "scface_quality.csv")} == {"51", "52"}  # the protocol's images
+    assert len(read_csv(out / "scface_quality.csv")) == 6 + 2
 
     (tmp_path / "subj.txt").write_text("001\n051\n")
     rc = tool.main(["--model", str(model), "--data", str(data), "--output", str(out), "--protocol", "test80",

@@ -1,4 +1,5 @@
 """qgface_plugin.eval.tinyface (TinyFace CMC protocol) and tools/eval_tinyface.py."""
+import csv
 import json
 import sys
 from pathlib import Path
@@ -6,8 +7,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import torch
 
-from _models import export_tiny_onnx
+from _models import TinyCNN, export_tiny_onnx
 from qgface_plugin.errors import QGFaceInputError
 from qgface_plugin.eval.tinyface import cmc, list_tinyface, probe_ranks, quality_bins, resolve_root
 
@@ -142,8 +144,26 @@ def test_list_tinyface_errors(tmp_path):
 
 
 # --------------------------------------------------------------------------------------- end to end
+def tiny_norms(paths):
+    """Raw feature norms of image files under TinyCNN, computed here without the package's extractor."""
+    imgs = []
+    for p in paths:
+        bgr = cv2.imread(str(p), cv2.IMREAD_COLOR)
+        if bgr.shape[:2] != (112, 112):
+            bgr = cv2.resize(bgr, (112, 112), interpolation=cv2.INTER_LINEAR)
+        imgs.append(bgr[:, :, ::-1])
+    x = torch.from_numpy(((np.stack(imgs) / 255.0 - 0.5) / 0.5).transpose(0, 3, 1, 2).astype(np.float32))
+    with torch.no_grad():
+        return np.linalg.norm(TinyCNN().eval()(x).numpy(), axis=1)
+
+
+def read_csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
 def test_tool_end_to_end_onnx(tmp_path, capsys):
-    _tree(tmp_path / "data")
+    root = _tree(tmp_path / "data")
     model = tmp_path / "tiny.onnx"
     export_tiny_onnx(model)
     out = tmp_path / "out"
@@ -160,6 +180,17 @@ def test_tool_end_to_end_onnx(tmp_path, capsys):
     md = (out / "tinyface.md").read_text()
     assert "rank-1" in md and "100.00" in md and "lowest" in md
     assert "rank-20" in capsys.readouterr().out
+    # the quality of every image: probes, gallery matches, distractors, with independently computed norms
+    assert rep["quality_file"] == "tinyface_quality.csv"
+    rows = read_csv(out / "tinyface_quality.csv")
+    assert list(rows[0]) == ["role", "file", "identity", "norm", "rank"]
+    assert [r["role"] for r in rows] == ["probe"] * 3 + ["gallery_match"] * 6 + ["distractor"] * 4
+    assert [r["file"] for r in rows[:4]] == ["Probe/1_1.jpg", "Probe/2_1.jpg", "Probe/3_1.jpg", "Gallery_Match/1_2.jpg"]
+    assert rows[-1]["file"] == "Gallery_Distractor/00003.jpg"
+    assert [int(r["identity"]) for r in rows] == [1, 2, 3, 1, 1, 2, 2, 3, 3, -1, -1, -1, -1]
+    assert [r["rank"] for r in rows] == ["1"] * 3 + [""] * 10
+    np.testing.assert_allclose([float(r["norm"]) for r in rows], tiny_norms([root / r["file"] for r in rows]),
+                               rtol=2e-5)
     # bad inputs: exit 2 with a message
     assert tool.main(["--model", str(model), "--data", str(tmp_path / "nope"), "--output", str(out)]) == 2
     assert tool.main(["--model", str(tmp_path / "m.pt"), "--data", str(tmp_path / "data"), "--output", str(out)]) == 2

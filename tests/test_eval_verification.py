@@ -1,4 +1,5 @@
 """qgface_plugin.eval (features + .bin verification protocol) and tools/eval_verification.py."""
+import csv
 import json
 import os
 import pickle
@@ -341,6 +342,17 @@ def test_feature_extractor_onnx_matches_torch(onnx_model, capsys):
         FeatureExtractor(onnx_model.parent / "nope.onnx")
 
 
+# ----------------------------------------------------------------------------- the quality-table writer
+def test_write_quality_cells_and_errors(tmp_path):
+    from qgface_plugin.eval.cli import write_quality
+    name = write_quality(tmp_path / "o", "x", {"a": np.array([1, 2]), "b": [None, "d1"], "ok": np.array([True, False]),
+                                                "norm": np.array([12.3456789, 1e-7], np.float32)})
+    assert name == "x_quality.csv" and sorted(p.name for p in (tmp_path / "o").iterdir()) == ["x_quality.csv"]
+    assert (tmp_path / "o" / name).read_text().splitlines() == ["a,b,ok,norm", "1,,1,12.3457", "2,d1,0,1e-07"]
+    with pytest.raises(ValueError, match="differ in length"):
+        write_quality(tmp_path / "o", "y", {"a": [1, 2], "b": [1]})
+
+
 # ------------------------------------------------------------------------------------------- the tool
 @pytest.fixture(scope="module")
 def bin_dir(tmp_path_factory):
@@ -354,7 +366,9 @@ def bin_dir(tmp_path_factory):
 
 def test_evaluate_bin_variants(bin_dir, onnx_model):
     rows = evaluate_bin(FeatureExtractor(onnx_model), bin_dir / "lfw.bin", lowres_sizes=(8, 16))
-    assert list(rows) == ["original", "lr8", "lr16"]
+    assert list(rows) == ["original", "lr8", "lr16", "per_image"]
+    table = rows.pop("per_image")
+    assert list(table) == ["image", "pair", "issame", "norm", "norm_lr8", "norm_lr16"]
     for name, row in rows.items():
         assert 0.0 <= row["accuracy"] <= 1.0 and row["pairs"] == 40 and row["norm_mean"] > 0
     assert rows["lr8"]["lowres_size"] == 8 and rows["original"]["lowres_size"] is None
@@ -410,6 +424,28 @@ def test_tool_end_to_end_onnx(bin_dir, onnx_model, tmp_path, capsys):
     b = report["results"]["lfw"]["lr8"]["quality_bins"][0]
     assert f"{100 * b['accuracy']:.2f} [{100 * b['genuine_fraction']:.0f}]" in md.split("| lfw | lr8 |")[1]
     assert "| lfw |" in capsys.readouterr().out
+    # the quality of every image: original norm and, per variant, the norm after degrading the first images
+    assert report["quality_file"] == {"lfw": "verification_lfw_quality.csv"}
+    with open(out / "verification_lfw_quality.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == ["image", "pair", "issame", "norm", "norm_lr8", "norm_lr12", "norm_lr16", "norm_lr20"]
+    images, issame = load_bin(bin_dir / "lfw.bin")
+    assert [int(r["image"]) for r in rows] == list(range(80)) and [int(r["pair"]) for r in rows] == [
+        i // 2 for i in range(80)]
+    assert [r["issame"] for r in rows] == [str(int(v)) for v in np.repeat(issame, 2)]
+    net = TinyCNN().eval()
+
+    def norms(imgs):  # raw TinyCNN norms, computed here without the package's extractor
+        with torch.no_grad():
+            x = ((imgs / 255.0 - 0.5) / 0.5).transpose(0, 3, 1, 2).astype(np.float32)
+            return np.linalg.norm(net(torch.from_numpy(x)).numpy(), axis=1)
+    orig = norms(images)
+    np.testing.assert_allclose([float(r["norm"]) for r in rows], orig, rtol=2e-5)
+    for s in (8, 20):
+        col = np.array([float(r[f"norm_lr{s}"]) for r in rows])
+        np.testing.assert_allclose(col[1::2], orig[1::2], rtol=2e-5)  # second images keep the original norm
+        np.testing.assert_allclose(col[0::2], norms(lowres_variant(images, s)[0::2]), rtol=2e-5)
+        assert np.abs(col[0::2] - orig[0::2]).max() > 1e-3  # the degraded first images do move
 
 
 def test_tool_quality_bins_flag(bin_dir, onnx_model, tmp_path, capsys):

@@ -14,7 +14,10 @@ each can be switched off. ``--model`` is an arcface_torch ``model.pt`` (needs ``
 with other pooling options (``--no-norm-score`` ...) reuses them.
 
 Writes ``<output>/<t>.json`` (fractions), ``<t>.md`` (percent), ``<t>_roc.png`` (ROC, overall and per
-quality third) and ``<t>_scores.npy`` (pair scores in pair-file order, as upstream's ``<t>.npy``).
+quality third), ``<t>_scores.npy`` (pair scores in pair-file order, as upstream's ``<t>.npy``),
+``<t>_quality.csv`` (the quality of each image, in meta-file order: ``image`` (name as in the meta files),
+``template``, ``media``, ``det_score``, ``norm`` = raw non-flipped feature norm) and ``<t>_template_quality.csv``
+(``template``, ``images``, ``quality`` = mean norm of its images, as the quality view uses).
 """
 from __future__ import annotations
 
@@ -23,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from qgface_plugin.eval.cli import evaluator_parser, run_evaluation, write_report
+from qgface_plugin.eval.cli import evaluator_parser, run_evaluation, write_quality, write_report
 from qgface_plugin.eval.ijb import DEFAULT_FARS, evaluate_ijb
 
 
@@ -127,9 +130,11 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     np.save(out / f"{t}_scores.npy", res["scores"])
     plot_roc(res, out / f"{t}_roc.png", f"ROC on {args.target} — {Path(args.model).name}", args.quality_bins)
+    files = {"quality_file": write_quality(out, t, res.pop("per_image")),
+             "template_quality_file": write_quality(out, f"{t}_template", res.pop("per_template"))}
     report = {k: v for k, v in res.items() if k not in ("scores", "labels", "roc", "pair_quality")}
     report = {"model": str(args.model), "model_info": info, "data": str(args.data), "seconds": seconds,
-              "units": {"tar_at_far": "fraction", "quality_bins": "fraction"}, **report}
+              "units": {"tar_at_far": "fraction", "quality_bins": "fraction"}, **report, **files}
     write_report(out, t, report, markdown(res, args))
     return 0
 

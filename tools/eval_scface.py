@@ -14,14 +14,17 @@ the subjects listed in ``--subjects FILE`` (one id per line; labelled ``custom``
 ``qgface_plugin.eval.scface`` for the details. ``--model`` is an arcface_torch ``model.pt`` (needs
 ``--network``) or an ``.onnx`` file.
 
-Writes ``<output>/scface.json`` (fractions) and ``<output>/scface.md`` (percent), and prints the table.
+Writes ``<output>/scface.json`` (fractions), ``<output>/scface.md`` (percent) and
+``<output>/scface_quality.csv`` (the quality of each image of the protocol: ``role`` probe / gallery, ``key``,
+``subject``, ``camera``, ``distance`` d1/d2/d3, ``norm`` = raw non-flipped feature norm, ``rank1_correct``
+1/0; camera, distance and rank1_correct are empty for the gallery), and prints the table.
 """
 from __future__ import annotations
 
 import sys
 from pathlib import Path
 
-from qgface_plugin.eval.cli import evaluator_parser, run_evaluation, write_report
+from qgface_plugin.eval.cli import evaluator_parser, run_evaluation, write_quality, write_report
 from qgface_plugin.eval.scface import PROTOCOLS, evaluate_scface, read_subjects
 
 
@@ -69,9 +72,11 @@ def main(argv=None) -> int:
     if got is None:
         return 2
     res, info, seconds = got
+    quality_file = write_quality(args.output, "scface", res.pop("per_image"))
     report = {"model": str(args.model), "model_info": info, "flip": args.flip, "seconds": seconds,
               "subjects_file": args.subjects,
-              "units": {"rank1": "fraction", "quality_bins.rank1": "fraction", "distance_m": "metres"}, **res}
+              "units": {"rank1": "fraction", "quality_bins.rank1": "fraction", "distance_m": "metres"}, **res,
+              "quality_file": quality_file}
     write_report(args.output, "scface", report, markdown(res, args.flip))
     return 0
 

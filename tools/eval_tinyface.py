@@ -10,14 +10,17 @@ identity = file-name prefix before the first "_"; score = cosine similarity of t
 features (see ``qgface_plugin.eval.tinyface`` for the tie rule). ``--model`` is an arcface_torch
 ``model.pt`` (needs ``--network``) or an ``.onnx`` file.
 
-Writes ``<output>/tinyface.json`` (fractions) and ``<output>/tinyface.md`` (percent), and prints the table.
+Writes ``<output>/tinyface.json`` (fractions), ``<output>/tinyface.md`` (percent) and
+``<output>/tinyface_quality.csv`` (the quality of each image: ``role`` probe / gallery_match / distractor,
+``file`` relative to the root, ``identity`` (-1 for distractors), ``norm`` = raw non-flipped feature norm,
+``rank`` = the probe's CMC rank, empty for the gallery), and prints the table.
 """
 from __future__ import annotations
 
 import sys
 from pathlib import Path
 
-from qgface_plugin.eval.cli import evaluator_parser, run_evaluation, write_report
+from qgface_plugin.eval.cli import evaluator_parser, run_evaluation, write_quality, write_report
 from qgface_plugin.eval.tinyface import evaluate_tinyface
 
 
@@ -51,8 +54,9 @@ def main(argv=None) -> int:
     if got is None:
         return 2
     res, info, seconds = got
+    quality_file = write_quality(args.output, "tinyface", res.pop("per_image"))
     report = {"model": str(args.model), "model_info": info, "flip": args.flip, "seconds": seconds,
-              "units": {"cmc": "fraction", "quality_bins.rank1": "fraction"}, **res}
+              "units": {"cmc": "fraction", "quality_bins.rank1": "fraction"}, **res, "quality_file": quality_file}
     write_report(args.output, "tinyface", report, markdown(res, args.flip))
     return 0
 

@@ -15,8 +15,11 @@ the accuracy of each bin is reported, every pair judged with its own fold's thre
 ``qgface_plugin.eval.verification.pair_quality_bins``).
 
 Writes ``<output>/verification.json`` (per target and variant: accuracy and std as fractions, mean
-threshold, mean raw feature norm, ``quality_bins``) and ``<output>/verification.md`` (accuracy mean +- std,
-and accuracy by quality bin, in percent), and prints the tables.
+threshold, mean raw feature norm, ``quality_bins``), ``<output>/verification.md`` (accuracy mean +- std,
+and accuracy by quality bin, in percent) and, per target, ``<output>/verification_<target>_quality.csv`` (the
+quality of each image: ``image`` = index in the ``.bin``, ``pair``, ``issame`` 1/0, ``norm`` = raw non-flipped
+feature norm, and one ``norm_lr<S>`` per low-res variant, where the first image of each pair is the degraded
+one and the second keeps its original norm), and prints the tables.
 """
 from __future__ import annotations
 
@@ -25,7 +28,7 @@ import time
 from pathlib import Path
 
 from qgface_plugin.errors import QGFaceInputError
-from qgface_plugin.eval.cli import evaluator_parser, run_evaluation, write_report
+from qgface_plugin.eval.cli import evaluator_parser, run_evaluation, write_quality, write_report
 from qgface_plugin.eval.verification import evaluate_bin
 
 TARGETS = ("lfw", "cfp_fp", "agedb_30", "calfw", "cplfw")
@@ -97,7 +100,7 @@ def _quality_markdown(results: dict) -> list:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    data, seconds = Path(args.data), {}
+    data, seconds, per_image = Path(args.data), {}, {}
 
     def evaluate(extractor, targets):
         results = {}
@@ -105,12 +108,14 @@ def main(argv=None) -> int:
             t0 = time.time()
             results[t] = evaluate_bin(extractor, data / f"{t}.bin", lowres_sizes=args.lowres, nfolds=args.nfolds,
                                       bins=args.quality_bins, progress=args.progress, workers=args.workers)
+            per_image[t] = results[t].pop("per_image")
             seconds[t] = round(time.time() - t0, 3)
         return results
     got = run_evaluation(args, evaluate, prepare=lambda: resolve_targets(data, args.targets))
     if got is None:
         return 2
     results, info, _ = got
+    quality_files = {t: write_quality(args.output, f"verification_{t}", cols) for t, cols in per_image.items()}
     report = {"model": str(args.model), "model_info": info, "flip": args.flip, "nfolds": args.nfolds,
               "lowres_sizes": list(args.lowres), "quality_bins": args.quality_bins,
               "pair_quality": "min of the two images' raw (non-flipped) feature norms",
@@ -118,7 +123,7 @@ def main(argv=None) -> int:
                         "threshold": "squared L2 distance of unit features",
                         "quality_bins.accuracy": "fraction", "quality_bins.genuine_fraction": "fraction",
                         "quality_bins.norm_min": "raw feature norm (pair quality)"},
-              "seconds": seconds, "results": results}
+              "seconds": seconds, "results": results, "quality_file": quality_files}
     write_report(args.output, "verification", report, markdown(results, args.flip, args.nfolds))
     return 0
 

@@ -2,13 +2,17 @@
 from __future__ import annotations
 
 import argparse
+import csv
 import json
+import os
 from pathlib import Path
+
+import numpy as np
 
 from .features import FLIP_MODES, FeatureExtractor, load_model
 
 __all__ = ["SHARED_FLAGS", "evaluator_parser", "shared_argv", "make_extractor", "run_evaluation",
-           "write_report"]
+           "write_report", "write_quality"]
 
 
 # the model and extraction flags every evaluator shares: (flag, add_argument keywords)
@@ -88,3 +92,41 @@ def write_report(output, name: str, report: dict, markdown: str) -> None:
     (out / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     (out / f"{name}.md").write_text(markdown, encoding="utf-8")
     print(markdown, end="")
+
+
+def _cell(v) -> str:
+    """One CSV cell: ``None`` -> empty, booleans -> 1/0, integers as they are, floats to 6 significant digits."""
+    if v is None:
+        return ""
+    if isinstance(v, (bool, np.bool_)):
+        return "1" if v else "0"
+    if isinstance(v, (int, np.integer)):
+        return str(int(v))
+    if isinstance(v, (float, np.floating)):
+        return f"{float(v):.6g}"
+    return str(v)
+
+
+def write_quality(output, name: str, columns: dict) -> str:
+    """Write ``<output>/<name>_quality.csv``: the per-image (or per-template) feature-norm quality table.
+
+    ``columns`` maps each header name, in order, to a sequence with one entry per row (all the same length).
+    Cells: ``None`` -> empty, booleans -> ``1``/``0``, integers as they are, floats (norms) to 6 significant
+    digits, anything else ``str()``. The file is written beside it first and renamed into place, so a reader
+    never sees half a table. Returns the file name (relative to ``output``), for the JSON report.
+    """
+    names = list(columns)
+    cols = [c.tolist() if isinstance(c, np.ndarray) else list(c) for c in (columns[k] for k in names)]
+    lengths = {k: len(c) for k, c in zip(names, cols)}
+    if len(set(lengths.values())) > 1:
+        raise ValueError(f"write_quality({name!r}): columns differ in length: {lengths}")
+    out = Path(output)
+    out.mkdir(parents=True, exist_ok=True)
+    fname = f"{name}_quality.csv"
+    tmp = out / f".{fname}.tmp"
+    with open(tmp, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(names)
+        w.writerows([_cell(v) for v in row] for row in zip(*cols))
+    os.replace(tmp, out / fname)
+    return fname

@@ -369,6 +369,10 @@ def evaluate_ijb(extractor, data_dir, target: str = "IJBC", use_norm: bool = Tru
     Returns a dict with ``tar_at_far``, ``auc``, ``counts``, ``protocol``, ``quality_bins``
     (:func:`quality_tar`, template quality = mean raw feature norm of its images, pair quality = the lower
     of the two), ``norm_mean`` and the arrays ``scores`` / ``labels`` / ``pair_quality`` / ``roc`` (for plots; not JSON).
+    Also not JSON, the quality tables (columns, for :func:`~qgface_plugin.eval.cli.write_quality`):
+    ``per_image`` = ``{"image" (name as in the meta files), "template", "media", "det_score", "norm" (raw,
+    non-flipped feature norm)}`` in meta-file order and ``per_template`` = ``{"template" (sorted ids),
+    "images" (its image count), "quality" (mean norm of its images, as the quality view uses)}``.
     """
     from .align import align_face
     from .features import embed_items
@@ -417,4 +421,8 @@ def evaluate_ijb(extractor, data_dir, target: str = "IJBC", use_norm: bool = Tru
         "quality_bins": quality_tar(scores, meta["labels"], pq, roc, bins) if bins else [],
         "norm_mean": float(norms.mean()),
         "scores": scores, "labels": meta["labels"], "roc": roc, "pair_quality": pq,
+        "per_image": {"image": names, "template": meta["templates"], "media": meta["medias"],
+                      "det_score": meta["det_scores"], "norm": norms},
+        "per_template": {"template": tids, "images": np.bincount(_rows_of(tids, meta["templates"], "templates"),
+                                                                 minlength=len(tids)), "quality": tq},
     }

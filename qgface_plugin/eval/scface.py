@@ -33,7 +33,7 @@ from .features import embed_files
 from .tinyface import SCORE, TIE_RULE, probe_ranks, quality_bins
 
 __all__ = ["DISTANCES", "PROTOCOLS", "TEST80_SUBJECTS", "parse_key", "list_scface", "select_subjects",
-           "read_subjects", "rank1_by_distance", "evaluate_scface"]
+           "read_subjects", "rank1_by_distance", "evaluate_scface", "quality_table"]
 
 DISTANCES = {1: "d1", 2: "d2", 3: "d3"}
 DISTANCE_M = {"d1": 4.2, "d2": 2.6, "d3": 1.0}
@@ -204,8 +204,10 @@ def evaluate_scface(extractor, root, protocol="all", subjects=None, bins=3, load
     Returns:
         ``{"protocol", "subjects", "root", "score", "tie_rule", "rank1": {"d1", "d2", "d3", "overall"},
         "probes": {...counts}, "per_camera": {"cam<c>": {"d1", ...}}, "counts": {"gallery", "probes",
-        "skipped_keys"}, "quality_bins": [...], "norm_mean": {"probe", "gallery"}, "distance_m"}``
-        (fractions, not percent).
+        "skipped_keys"}, "quality_bins": [...], "norm_mean": {"probe", "gallery"}, "distance_m", "per_image"}``
+        (fractions, not percent). ``per_image`` holds one entry per probe and gallery image and is not JSON:
+        the raw (non-flipped) feature norm and, for probes, whether rank-1 was correct (see
+        :func:`quality_table`).
     """
     lst, label, keep = select_subjects(list_scface(root), protocol, subjects)
     probes = lst["probes"]
@@ -238,4 +240,21 @@ def evaluate_scface(extractor, root, protocol="all", subjects=None, bins=3, load
         "quality_bins": quality_bins(pn, r == 1, bins=min(int(bins), len(pn))),
         "norm_mean": {"probe": float(pn.mean()), "gallery": float(gn.mean())},
         "distance_m": DISTANCE_M,
+        "per_image": quality_table(lst, pn, gn, r),
+    }
+
+
+def quality_table(lst: dict, probe_norms, gallery_norms, ranks) -> dict:
+    """The per-image quality table (columns, for :func:`~qgface_plugin.eval.cli.write_quality`) of a
+    :func:`select_subjects` listing: probes in listing order, then the gallery. ``camera``, ``distance``
+    (``d1``/``d2``/``d3``) and ``rank1_correct`` (1/0) are empty for the gallery mug-shots."""
+    probes, ng = lst["probes"], len(lst["gallery_keys"])
+    return {
+        "role": ["probe"] * len(probes) + ["gallery"] * ng,
+        "key": [p[0] for p in probes] + list(lst["gallery_keys"]),
+        "subject": [p[2] for p in probes] + [int(s) for s in lst["gallery_ids"]],
+        "camera": [p[3] for p in probes] + [None] * ng,
+        "distance": [DISTANCES[p[4]] for p in probes] + [None] * ng,
+        "norm": np.concatenate([probe_norms, gallery_norms]),
+        "rank1_correct": [bool(x == 1) for x in ranks] + [None] * ng,
     }

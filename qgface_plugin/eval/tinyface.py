@@ -33,7 +33,7 @@ from .features import embed_files
 from .quality_view import quality_split
 
 __all__ = ["FOLDERS", "IMAGE_EXTS", "resolve_root", "list_tinyface", "probe_ranks", "cmc",
-           "quality_bins", "evaluate_tinyface"]
+           "quality_bins", "evaluate_tinyface", "quality_table"]
 
 FOLDERS = ("Probe", "Gallery_Match", "Gallery_Distractor")
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp")
@@ -182,7 +182,9 @@ def evaluate_tinyface(extractor, root, ranks=(1, 5, 20), bins=3, load_batch=1024
     Returns:
         ``{"root", "score", "tie_rule", "cmc": {"rank1", ...}, "counts": {"probes", "gallery_match",
         "distractors", "identities"}, "quality_bins": [...], "norm_mean": {"probe", "gallery_match",
-        "distractor"}}`` (fractions, not percent).
+        "distractor"}, "per_image": {"role", "file", "identity", "norm", "rank"}}`` (fractions, not percent).
+        ``per_image`` holds one entry per image (probes, gallery matches, distractors) and is not JSON: the
+        raw (non-flipped) feature norm and, for probes, the CMC rank (see :func:`quality_table`).
     """
     lst = list_tinyface(root)
     pf, pn = embed_files(extractor, lst["probe_paths"], int(load_batch), progress, "probes", workers,
@@ -201,4 +203,19 @@ def evaluate_tinyface(extractor, root, ranks=(1, 5, 20), bins=3, load_batch=1024
         "quality_bins": quality_bins(pn, r == 1, bins=bins),
         "norm_mean": {"probe": float(pn.mean()), "gallery_match": float(gn[:nm].mean()),
                       "distractor": float(gn[nm:].mean())},
+        "per_image": quality_table(lst, pn, gn, r),
+    }
+
+
+def quality_table(lst: dict, probe_norms, gallery_norms, ranks) -> dict:
+    """The per-image quality table (columns, for :func:`~qgface_plugin.eval.cli.write_quality`): probes, then
+    the gallery (match, then distractors); ``file`` relative to the root, ``rank`` empty for the gallery."""
+    root, nm, ng = Path(lst["root"]), lst["n_match"], len(lst["gallery_paths"])
+    paths = list(lst["probe_paths"]) + list(lst["gallery_paths"])
+    return {
+        "role": ["probe"] * len(lst["probe_paths"]) + ["gallery_match"] * nm + ["distractor"] * (ng - nm),
+        "file": [Path(p).relative_to(root).as_posix() for p in paths],
+        "identity": np.concatenate([lst["probe_ids"], lst["gallery_ids"]]),
+        "norm": np.concatenate([probe_norms, gallery_norms]),
+        "rank": [int(x) for x in ranks] + [None] * ng,
     }

@@ -262,7 +262,11 @@ def evaluate_bin(extractor, path, lowres_sizes=(), nfolds=10, bins=3, progress=F
         ``{variant: {"accuracy", "std", "threshold", "pairs", "lowres_size" (None for original),
         "norm_mean" (mean raw feature norm over all images), "norm_mean_first" (over the first image
         of each pair, the degraded one in lr variants), "fold_accuracy", "fold_threshold",
-        "quality_bins" (list, see :func:`pair_quality_bins`; absent when ``bins`` is 0/None)}}``.
+        "quality_bins" (list, see :func:`pair_quality_bins`; absent when ``bins`` is 0/None)}, ...,
+        "per_image": quality table}``. The last key is not a variant and not JSON: the columns (for
+        :func:`~qgface_plugin.eval.cli.write_quality`) ``image`` (index in the ``.bin``), ``pair``, ``issame``,
+        ``norm`` (raw, non-flipped feature norm of the original image) and one ``norm_lr{s}`` per low-res
+        variant (the first image of each pair degraded, the second keeping its original norm).
 
     Raises:
         QGFaceInputError: from :func:`load_bin`, or ``bins`` not in ``0..P`` (checked before embedding).
@@ -271,6 +275,9 @@ def evaluate_bin(extractor, path, lowres_sizes=(), nfolds=10, bins=3, progress=F
     bins = 0 if bins is None or bins == 0 else _check_bins(bins, len(issame), f"{path}: quality bins")
     rows = {}
     base = extractor(images, progress=progress)
+    n = len(images)
+    table = {"image": np.arange(n), "pair": np.arange(n) // 2, "issame": np.repeat(issame, 2),
+             "norm": base["norms"]}
     variants = [("original", None)] + [(f"lr{int(s)}", int(s)) for s in lowres_sizes]
     for name, size in variants:
         if size is None:
@@ -287,4 +294,7 @@ def evaluate_bin(extractor, path, lowres_sizes=(), nfolds=10, bins=3, progress=F
             quality = _checked_quality(norms, len(issame), f"{path} ({name})")
             row["quality_bins"] = _bins_table(quality, issame, pair_ok, bins)
         rows[name] = row
+        if size is not None:
+            table[f"norm_{name}"] = norms
+    rows["per_image"] = table
     return rows

@@ -61,6 +61,25 @@ def test_align_face_recovers_a_warped_face():
     assert err < 3.0 < other
 
 
+def test_crops_are_those_of_upstreams_embedding_get():
+    """Upstream eval_ijbc.py Embedding.get, step by step: float32 landmarks from the text, skimage
+    SimilarityTransform to the float32 template (+8), cv2.warpAffine(borderValue=0), BGR -> RGB."""
+    from skimage import transform as trans
+    rng = np.random.default_rng(5)
+    img = rng.integers(0, 256, (170, 150, 3), dtype=np.uint8)
+    src = np.array([[30.2946, 51.6963], [65.5318, 51.5014], [48.0252, 71.7366], [33.5493, 92.3655],
+                    [62.7299, 92.2041]], dtype=np.float32)
+    src[:, 0] += 8.0
+    for _ in range(5):
+        A = _similarity(rng.uniform(0.8, 1.4), rng.uniform(-20, 20), rng.uniform(10, 30), rng.uniform(10, 40))
+        text = " ".join(f"{v:.4f}" for v in (src.astype(np.float64) @ A[:, :2].T + A[:, 2]).ravel())
+        lmk = np.array([float(x) for x in text.split()], dtype=np.float32).reshape((5, 2))
+        tform = trans.SimilarityTransform()
+        tform.estimate(lmk, src)
+        ref = cv2.cvtColor(cv2.warpAffine(img, tform.params[0:2, :], (112, 112), borderValue=0.0), cv2.COLOR_BGR2RGB)
+        np.testing.assert_array_equal(align_face(img, lmk), ref)
+
+
 def test_sixty_eight_points_reduce_as_upstream():
     lm = np.arange(136, dtype=np.float32).reshape(68, 2)
     five = to_five_points(lm)

@@ -29,7 +29,8 @@ import torch
 from .errors import QGFaceConfigError, QGFaceInputError
 
 __all__ = ["INPUT_NAME", "OUTPUT_NAME", "INPUT_SIZE", "KNOWN_NETWORKS", "read_state_dict", "infer_embedding_size",
-           "guess_network", "load_backbone", "export_onnx", "check_insightface", "insightface_preprocess"]
+           "guess_network", "load_backbone", "calibrate_batchnorm", "export_onnx", "check_insightface",
+           "insightface_preprocess"]
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "embedding"
@@ -150,6 +151,20 @@ def load_backbone(network, model_path, embedding_size=None, root=None) -> torch.
                                 f"{embedding_size}: {'; '.join(parts)}. Network mismatch? {hint}")
     model.load_state_dict(state, strict=True)
     return model.float().eval()
+
+
+def calibrate_batchnorm(model: torch.nn.Module, images: torch.Tensor) -> torch.nn.Module:
+    """Set every BatchNorm's running statistics from one forward pass over ``images`` (momentum ``None``:
+    a plain average) and return the model in eval mode. For random-weight backbones in checks and
+    benchmarks: an untrained IResNet's eval-mode outputs otherwise reach 1e8-1e26."""
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.track_running_stats:
+            m.reset_running_stats()
+            m.momentum = None
+    model.train()
+    with torch.no_grad():
+        model(images)
+    return model.eval()
 
 
 def _write_atomically(output: Path, write) -> None:

@@ -46,6 +46,7 @@ import sys
 import numpy as np
 import torch
 from qgface_plugin import upstream
+from qgface_plugin.export import calibrate_batchnorm
 from qgface_plugin.synthetic_eval import aligned_face
 
 out, seed = sys.argv[1], int(sys.argv[2])
@@ -53,14 +54,7 @@ torch.manual_seed(0)
 net = upstream.load().get_model("r18", dropout=0, fp16=False)
 faces = np.stack([aligned_face(seed, s % 12, 100000 + s, None if s % 3 else 0.5) for s in range(48)])
 x = torch.from_numpy(faces).permute(0, 3, 1, 2).float().div(255).sub(0.5).div(0.5)
-for m in net.modules():
-    if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-        m.reset_running_stats()
-        m.momentum = None
-net.train()
-with torch.no_grad():
-    net(x)
-net.eval()
+net = calibrate_batchnorm(net, x)
 with torch.no_grad():
     norms = net(x[:8]).norm(dim=1)
 print("feature norms", [round(float(v), 2) for v in norms])

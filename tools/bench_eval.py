@@ -107,33 +107,23 @@ def _backbone(args):
     import torch
 
     from qgface_plugin import upstream
-    from qgface_plugin.export import _build, load_backbone
+    from qgface_plugin.export import _build, calibrate_batchnorm, load_backbone
 
     root = upstream.find_root(args.arcface_root)  # UpstreamNotFoundError (a QGFaceConfigError) when absent
-    threads = torch.get_num_threads()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        ns = upstream.load(root)
-    # Importing upstream imports mxnet, which drops torch's intra-op threads to 1: restore torch's default.
+        ns = upstream.load(root)  # keeps torch's thread count (mxnet's import would set it to 1)
     args.torch_threads_after_upstream = torch.get_num_threads()
-    torch.set_num_threads(threads)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if args.model:
             return load_backbone(args.extract_network, args.model, root=root), str(args.model), root
         torch.manual_seed(args.seed)
         model = _build(ns, args.extract_network, args.embedding_size).float()
-        # Set each BatchNorm's running statistics from one pass over random images (momentum None =
-        # plain average over the passes, here one), so that eval-mode activations stay O(1).
-        for m in model.modules():
-            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.track_running_stats:
-                m.reset_running_stats()
-                m.momentum = None
         gen = torch.Generator().manual_seed(args.seed + 1)
-        model.train()
-        with torch.no_grad():
-            model(torch.rand(max(8, min(args.extract_batch, 32)), 3, 112, 112, generator=gen) * 2 - 1)
-    return model.eval(), f"random (seed {args.seed}, BatchNorm statistics from random images)", root
+        model = calibrate_batchnorm(model, torch.rand(max(8, min(args.extract_batch, 32)), 3, 112, 112,
+                                                      generator=gen) * 2 - 1)
+    return model, f"random (seed {args.seed}, BatchNorm statistics from random images)", root
 
 
 def bench_extract(args):
@@ -204,8 +194,8 @@ def bench_extract(args):
     print(f"extract: max |onnx - torch| = {diff:.2e} (relative to max |feature| {scale:.3g}: "
           f"{res['max_rel_diff']:.2e}); threads: torch {res['threads']['torch']}, onnxruntime "
           f"{res['threads']['onnxruntime']} (FeatureExtractor takes no session options), "
-          f"{os.cpu_count()} CPUs; importing upstream had set torch to "
-          f"{res['threads']['torch_after_upstream_import']} (restored)")
+          f"{os.cpu_count()} CPUs; torch after importing upstream: "
+          f"{res['threads']['torch_after_upstream_import']}")
     return res, None
 
 

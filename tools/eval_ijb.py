@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from qgface_plugin.eval.cli import evaluator_parser, run_evaluation, write_quality, write_report
-from qgface_plugin.eval.ijb import DEFAULT_FARS, evaluate_ijb
+from qgface_plugin.eval.ijb import DEFAULT_FARS, evaluate_ijb, far_resolved
 
 
 def parse_args(argv=None):
@@ -51,13 +51,8 @@ def _far_label(key: str) -> str:
     return key.split("=", 1)[1]
 
 
-def resolvable(key: str, min_far: float) -> bool:
-    """Whether the FAR of a ``TAR@FAR=...`` key is at least ``1 / impostor pairs``."""
-    return float(_far_label(key)) >= min_far * (1 - 1e-9)
-
-
 def _dagger(key: str, res: dict) -> str:
-    return "" if resolvable(key, res["min_resolvable_far"]) else " †"
+    return "" if far_resolved(key, res["min_resolvable_far"]) else " †"
 
 
 def markdown(res: dict, args) -> str:
@@ -94,8 +89,8 @@ def plot_roc(res: dict, path: Path, title: str, bins: int = 3) -> None:
     if bins:
         from qgface_plugin.eval.quality_view import quality_split
         thr = roc["thresholds"]
-        for (name, idx), colour in zip(quality_split(res["pair_quality"], bins), ("tab:red", "tab:orange", "tab:green", "tab:blue",
-                                                          "tab:purple", "tab:brown")):
+        colours = ("tab:red", "tab:orange", "tab:green", "tab:blue", "tab:purple", "tab:brown")
+        for (name, idx), colour in zip(quality_split(res["pair_quality"], bins), colours):
             gen = np.sort(scores[idx][labels[idx] == 1])
             if len(gen):
                 tar = 1.0 - np.searchsorted(gen, thr, side="left") / len(gen)

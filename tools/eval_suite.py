@@ -39,19 +39,15 @@ from functools import lru_cache
 from pathlib import Path
 
 from qgface_plugin.eval.cli import SHARED_FLAGS, evaluator_parser, shared_argv, write_report
+from qgface_plugin.eval.ijb import far_resolved
 
 TOOLS_DIR = Path(__file__).resolve().parent
 IJB_FAR_KEYS = ("TAR@FAR=1e-5", "TAR@FAR=1e-4", "TAR@FAR=1e-3", "TAR@FAR=1e-2")  # Markdown; JSON has all
 QUALITY_FARS = ("TAR@FAR=1e-4", "TAR@FAR=1e-3", "TAR@FAR=1e-2", "TAR@FAR=1e-1")  # first one the set resolves
 
 
-def _far(key) -> float:
-    return float(key.split("=", 1)[1])
-
-
 def _resolved(key, rep) -> bool:
-    """A FAR at least 1 / impostor pairs (smaller ones all read the FAR-0 point of the ROC)."""
-    return _far(key) >= rep.get("min_resolvable_far", 0.0) * (1 - 1e-9)
+    return far_resolved(key, rep.get("min_resolvable_far", 0.0))
 
 
 def quality_far(rep) -> str:

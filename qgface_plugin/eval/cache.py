@@ -97,9 +97,6 @@ class FeatureCache:
         n, s = self._layout["n"], self._layout["shard_size"]
         return max(0, min(s, n - k * s))
 
-    def has(self, k: int) -> bool:
-        return self._path(k).is_file()
-
     def get(self, k: int):
         """``(features, norms)`` of shard ``k``, or ``None`` when absent or unreadable."""
         path = self._path(k)
@@ -120,9 +117,6 @@ class FeatureCache:
         f = np.asarray(features, dtype=np.float32)
         nrm = np.asarray(norms, dtype=np.float32)
         _write_atomic(self._path(k), lambda fh: np.savez(fh, features=f, norms=nrm))
-
-    def shards(self) -> int:
-        return len(list(self.dir.glob("shard_*.npz")))
 
 
 def make_cache(cache_dir, name: str, extractor, items: str):

@@ -5,10 +5,13 @@ import argparse
 import csv
 import json
 import os
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
 
+from ..errors import QGFaceConfigError, QGFaceInputError
 from .features import FLIP_MODES, FeatureExtractor, load_model
 
 __all__ = ["SHARED_FLAGS", "evaluator_parser", "shared_argv", "make_extractor", "run_evaluation",
@@ -70,10 +73,6 @@ def run_evaluation(args, evaluate, prepare=None):
     ``(result, model info, seconds)``, or ``None`` after printing ``error: <message>`` on stderr for bad
     input or configuration (the tool then exits with status 2).
     """
-    import sys
-    import time
-
-    from ..errors import QGFaceConfigError, QGFaceInputError
     try:
         extra = () if prepare is None else (prepare(),)
         extractor, info = make_extractor(args)

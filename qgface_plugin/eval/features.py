@@ -43,7 +43,7 @@ class FeatureExtractor:
 
     Args:
         model: a ``torch.nn.Module`` returning raw embeddings ``[B, D]`` (put in eval mode here), or the
-            path of an ``.onnx`` file (run with onnxruntime's CPU provider; the input name is read from
+            path of an ``.onnx`` file (run with onnxruntime, see ``device``; the input name is read from
             the session; a fixed batch dimension is respected by padding the last batch).
         device: torch device for a torch model; for ONNX, ``cuda*`` runs on onnxruntime's CUDA provider when
             the installed onnxruntime has it (``onnxruntime-gpu``), else on the CPU provider.
@@ -52,7 +52,6 @@ class FeatureExtractor:
         channels_last: run a torch model in the channels-last memory format (the module is converted in
             place): 1.2-1.3x the images/s of NCHW for r50/mbf on CPU, features equal to float rounding
             (relative 1e-6). Ignored for ONNX.
-            Ignored for ONNX.
         flip: one of :data:`FLIP_MODES` (see the module docstring).
     """
 

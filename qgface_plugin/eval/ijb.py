@@ -26,7 +26,7 @@ import numpy as np
 
 from ..errors import QGFaceInputError
 
-__all__ = ["DEFAULT_FARS", "meta_paths", "read_meta", "template_features", "pair_scores", "far_key", "tar_at_far",
+__all__ = ["DEFAULT_FARS", "meta_paths", "read_meta", "template_features", "pair_scores", "far_key", "far_resolved", "tar_at_far",
            "template_quality", "quality_tar", "evaluate_ijb"]
 
 DEFAULT_FARS = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
@@ -269,6 +269,12 @@ def far_key(far: float) -> str:
     """``1e-4 -> "TAR@FAR=1e-4"``, ``0.25 -> "TAR@FAR=2.5e-1"`` (the JSON key of a TAR)."""
     mant, exp = f"{float(far):.3e}".split("e")
     return f"TAR@FAR={mant.rstrip('0').rstrip('.')}e{int(exp)}"
+
+
+def far_resolved(key: str, min_resolvable_far: float) -> bool:
+    """Whether the FAR of a :func:`far_key` key is at least ``min_resolvable_far`` (1 / impostor pairs):
+    smaller FARs all read the FAR-0 point of the ROC."""
+    return float(key.split("=", 1)[1]) >= min_resolvable_far * (1 - 1e-9)
 
 
 def tar_at_far(scores, labels, fars: Iterable[float] = DEFAULT_FARS, return_roc: bool = False):

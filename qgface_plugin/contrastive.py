@@ -14,7 +14,8 @@ in the mean. Only rows with w > 0 are computed; the others are added as that con
 
 The negative part runs through a fused autograd function: the ``[N, K]`` similarity matrix is
 clamped, masked, scaled and exponentiated in place, and only that one matrix (plus a bool mask)
-is kept for backward. The queue receives no gradient.
+is kept for backward. The queue receives no gradient. Exponentials too small to change their row's
+sum are exactly 0 (:func:`qgface_plugin.numerics.exp_cutoff`), so no subnormal reaches the products.
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ import math
 import torch
 
 from .errors import QGFaceConfigError, QGFaceInputError
+from .numerics import exp_cutoff
 from .utils import at_least_fp32
 
 __all__ = ["pair_weight", "pair_quality", "masked_info_nce", "negative_logsumexp", "rescale_factor",
@@ -97,7 +99,9 @@ class _NegativeLogSumExp(torch.autograd.Function):
         nograd = masked | (sim > 1) | (sim < -1)                   # no gradient through these
         sim.clamp_(-1.0, 1.0).masked_fill_(masked, 0.0).mul_(scale.unsqueeze(1))
         row_max = sim.amax(dim=1, keepdim=True)                    # N x 1
-        sim.sub_(row_max).exp_()
+        # terms too small to change the row's sum are exactly 0 (no subnormals, see numerics)
+        torch.nn.functional.threshold_(sim.sub_(row_max), exp_cutoff(sim.dtype, sim.shape[1]), -math.inf)
+        sim.exp_()
         row_sum = sim.sum(dim=1, keepdim=True)
         ctx.save_for_backward(sim, row_sum, keys, nograd, scale)
         return (row_max + row_sum.log()).squeeze(1)

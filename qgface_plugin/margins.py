@@ -17,7 +17,8 @@ result is a new tensor. The gradients are kept as upstream defines them:
 **Quality gate** (the authors' way of keeping LQ rows out of classification): when the classifier
 asks for it and b > 0, each row's scaled logits are multiplied by σ(2s·(q̂ − b)) — ≈1 for HQ rows,
 ≈0 for LQ rows, whose loss becomes ≈ ln C with ≈ no gradient. The gate is a constant (q̂ is
-detached).
+detached). Gates too small to change an fp32 result are exactly 0, so gated rows put no subnormal
+floats into the logit gradient (see :mod:`qgface_plugin.numerics`).
 """
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ import torch
 from torch import nn
 
 from .errors import QGFaceConfigError, QGFaceInputError
+from .numerics import drop_negligible_gates
 from .quality import Quality
 
 __all__ = ["QualityMargin", "AdaFaceMargin", "ArcFaceMargin", "CosFaceMargin", "build_margin",
@@ -115,7 +117,8 @@ class QualityMargin(nn.Module):
         self._ms = quality.ms
         self._gate = None
         if gate and quality.partitioned:
-            self._gate = torch.sigmoid(2.0 * self.s * (quality.qhat - quality.threshold))
+            gate = torch.sigmoid(2.0 * self.s * (quality.qhat - quality.threshold))
+            self._gate = drop_negligible_gates(gate, self.s)  # exact 0, not a subnormal-making 1e-28
 
     def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         ms, gate = self._ms, self._gate

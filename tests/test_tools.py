@@ -16,4 +16,9 @@ def test_bench_core_quick_prints_one_json_line_with_every_figure():
                 "contrast_fraction_b1"):
         assert head[key] > 0, key
     assert head["contrast_fraction_b1"] == 1.0
-    assert result["transform"]["two_view_img_per_s_per_core"] > 0
+    for key in ("subnormal_share_plain", "subnormal_share_b0.2", "subnormal_share_b1"):
+        assert 0.0 <= head[key] <= 1.0, key
+    assert result["cpu"]
+    for key in ("two_view_img_per_s_per_core", "flip_only_img_per_s_per_core", "jpeg_decode_img_per_s_per_core",
+                "two_view_cost_ratio", "two_view_vs_decode_ratio"):
+        assert result["transform"][key] > 0, key

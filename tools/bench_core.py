@@ -8,7 +8,14 @@
    arccos of the whole logit matrix) is timed beside them for reference. Two QGFace settings: the
    default threshold (b = 0.2: few pairs contrasted, the usual case) and b = 1 (every pair
    contrasted: the worst case).
-2. Transform: two-view images/s on one core against a flip-only single-view transform.
+2. Transform: two-view images/s on one core against a flip-only single-view transform and against
+   decoding the same image's JPEG (what each loader worker does first). CPUs of one kind differ
+   about 2x in absolute speed: the ratios are the figures to compare; the CPU model is printed.
+
+Beside each time: the share of subnormal floats in the inputs of the step's matrix products
+(forward and backward), counted in one extra, untimed step. Many x86 CPUs compute on subnormals
+10-100x slower, so a head that makes them is only fast where the CPU does not penalise them
+(see qgface_plugin.numerics); the share says which case a timing is in.
 
 Runs alternate (plain, arcface_torch-style, QGFace, plain, ...) with one QGFace head alive at a
 time, and medians are reported, since these machines are noisy. Each ratio divides by the plain
@@ -39,6 +46,16 @@ def _median_times(fns, repeats):
             fn()
             times[i].append(time.perf_counter() - t0)
     return [statistics.median(t) for t in times]
+
+
+def _subnormal_share(fn):
+    """Share of subnormal values among the matrix-product inputs of one call of ``fn``."""
+    from qgface_plugin.numerics import count_matmul_subnormals
+
+    with count_matmul_subnormals() as records:
+        fn()
+    total = sum(r["numel"] for r in records)
+    return sum(r["subnormal"] for r in records) / total if total else 0.0
 
 
 def bench_head(num_classes, batch, dim, repeats, thresholds):
@@ -93,10 +110,14 @@ def bench_head(num_classes, batch, dim, repeats, thresholds):
         runners = [run_plain, run_upstream_style, run_qgface]
         for fn in runners:  # warm-up
             fn()
+        key = f"b{b:g}"
+        out[f"subnormal_share_{key}"] = _subnormal_share(run_qgface)
+        if b == thresholds[0]:
+            out["subnormal_share_plain"] = _subnormal_share(run_plain)
+            out["subnormal_share_upstream_style"] = _subnormal_share(run_upstream_style)
         t_plain, t_up, t_qg = _median_times(runners, repeats)
         plain_times.append(t_plain)
         upstream_times.append(t_up)
-        key = f"b{b:g}"
         out[f"qgface_{key}_s"] = round(t_qg, 4)
         out[f"ratio_{key}"] = round(t_qg / t_plain, 3)
         out[f"ratio_{key}_vs_upstream_style"] = round(t_qg / t_up, 3)
@@ -129,20 +150,47 @@ def bench_transform(num_images, repeats):
     prev_threads = torch.get_num_threads()
     torch.set_num_threads(1)
     imgs = _face_like(64)
+    # what the data loader does before the transform: decode the record's JPEG (insightface's
+    # record sets store quality-95 JPEGs)
+    jpegs = [cv2.imencode(".jpg", im, [cv2.IMWRITE_JPEG_QUALITY, 95])[1] for im in imgs]
     two, flip = TwoViewTransform(seed=0), FlipTransform(seed=0)
 
-    def runner(t):
+    def runner(t, items):
         def run():
             for i in range(num_images):
-                t(imgs[i % len(imgs)])
+                t(items[i % len(items)])
         return run
 
-    runner(two)(), runner(flip)()  # warm-up
-    t_two, t_flip = _median_times([runner(two), runner(flip)], repeats)
+    def decode(buf):
+        return cv2.imdecode(buf, cv2.IMREAD_COLOR)
+
+    runners = [runner(two, imgs), runner(flip, imgs), runner(decode, jpegs)]
+    for fn in runners:  # warm-up
+        fn()
+    t_two, t_flip, t_decode = _median_times(runners, repeats)
     torch.set_num_threads(prev_threads)
     return {"two_view_img_per_s_per_core": round(num_images / t_two, 1),
             "flip_only_img_per_s_per_core": round(num_images / t_flip, 1),
-            "two_view_cost_ratio": round(t_two / t_flip, 3)}
+            "jpeg_decode_img_per_s_per_core": round(num_images / t_decode, 1),
+            "two_view_cost_ratio": round(t_two / t_flip, 3),
+            "two_view_vs_decode_ratio": round(t_two / t_decode, 3)}
+
+
+def _cpu_model():
+    """The CPU's model name (absolute speeds differ about 2x between CPUs of one kind)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+    return platform.processor() or platform.machine()
+
+
+def _pct(share):
+    return f"{100 * share:.2g}%" if share else "0%"
 
 
 def main(argv=None):
@@ -158,20 +206,24 @@ def main(argv=None):
     if args.quick:
         args.classes, args.batch, args.dim, args.repeats, args.images = [512], 16, 64, 2, 50
 
-    result = {"torch": torch.__version__, "threads": torch.get_num_threads(), "heads": []}
+    result = {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpu": _cpu_model(),
+              "heads": []}
     print(f"QGFace head vs plain ArcFace head, forward+backward, B={args.batch} images "
           f"({2 * args.batch} rows), D={args.dim}, median of {args.repeats}, {torch.get_num_threads()} threads")
     for c in args.classes:
         r = bench_head(c, args.batch, args.dim, args.repeats, args.thresholds)
         result["heads"].append(r)
         parts = ", ".join(f"b={b:g}: {r[f'qgface_b{b:g}_s']:.3f} s = {r[f'ratio_b{b:g}']:.2f}x "
-                          f"({100 * r[f'contrast_fraction_b{b:g}']:.0f}% pairs contrasted)" for b in args.thresholds)
-        print(f"  C=K={c}: plain {r['plain_s']:.3f} s (arcface_torch-style {r['upstream_style_s']:.3f} s); "
-              f"QGFace {parts}", flush=True)
+                          f"({100 * r[f'contrast_fraction_b{b:g}']:.0f}% pairs contrasted, "
+                          f"{_pct(r[f'subnormal_share_b{b:g}'])} subnormal)" for b in args.thresholds)
+        print(f"  C=K={c}: plain {r['plain_s']:.3f} s ({_pct(r['subnormal_share_plain'])} subnormal; "
+              f"arcface_torch-style {r['upstream_style_s']:.3f} s); QGFace {parts}", flush=True)
     t = bench_transform(args.images, args.repeats)
     result["transform"] = t
-    print(f"Two-view transform: {t['two_view_img_per_s_per_core']:.0f} images/s per core; flip-only "
-          f"{t['flip_only_img_per_s_per_core']:.0f} images/s per core ({t['two_view_cost_ratio']:.2f}x the time)")
+    print(f"Two-view transform: {t['two_view_cost_ratio']:.2f}x the time of flip-only and "
+          f"{t['two_view_vs_decode_ratio']:.2f}x that of decoding the image's JPEG; per core on "
+          f"{result['cpu']}: two-view {t['two_view_img_per_s_per_core']:.0f} images/s, flip-only "
+          f"{t['flip_only_img_per_s_per_core']:.0f}, JPEG decode {t['jpeg_decode_img_per_s_per_core']:.0f}")
     print(json.dumps(result))
     return result
 

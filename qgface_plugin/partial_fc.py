@@ -11,8 +11,9 @@ upstream's. The forward gains the classifier contract of :mod:`qgface_plugin.cla
   Partial FC gathers it (rank 0's rows first), then upstream's forward runs unchanged.
 * ``hq_mode="subset"``: the global HQ rows are selected after the gather with the global mask, so
   every rank indexes the same rows and every collective keeps matching shapes; negatives are
-  sampled from the kept labels only. No HQ row anywhere: a zero loss that still reaches every
-  parameter. Upstream's ``AllGather`` backward (× world size) and DDP's average cancel, as for
+  sampled from the kept labels only. No HQ row anywhere (decided from the global mask, so on
+  every rank alike): a zero loss that still reaches every parameter, through the local embeddings
+  and no collective. Upstream's ``AllGather`` backward (× world size) and DDP's average cancel, as for
   upstream's own loss.
 """
 from __future__ import annotations
@@ -69,14 +70,19 @@ def qgface_partial_fc(upstream_module):
             if self.last_batch_size != batch_size:
                 raise RuntimeError(f"Partial FC needs a constant batch size: {self.last_batch_size} vs {batch_size}")
             device = local_embeddings.device
+            local_embeddings = local_embeddings.float()
+            # The zero term that keeps every parameter in the graph (DDP's static graph) reads the *local*
+            # embeddings: a sum's gradient is a stride-0 expanded tensor, which upstream's AllGather backward
+            # would reduce and scale in place (a RuntimeError on one process, heap corruption on gloo ranks).
+            # What reaches the gather below comes from index_select only: a dense tensor.
+            touch = 0.0 * (local_embeddings.sum() + self.weight.sum())
+            keep = torch.nonzero(quality.hq, as_tuple=True)[0]                        # same on every rank
+            if keep.numel() == 0:  # no HQ row on any rank: every rank returns here, no collective at all
+                return touch
             gathered = [torch.zeros((batch_size, self.embedding_size), device=device) for _ in range(self.world_size)]
-            embeddings = torch.cat(all_gather(local_embeddings.float(), *gathered))   # W*B x D, with grad
+            embeddings = torch.cat(all_gather(local_embeddings, *gathered))           # W*B x D, with grad
             labels = [torch.zeros(batch_size, dtype=torch.long, device=device) for _ in range(self.world_size)]
             torch_dist.all_gather(labels, local_labels)
-            keep = torch.nonzero(quality.hq, as_tuple=True)[0]                        # same on every rank
-            touch = 0.0 * (embeddings.sum() + self.weight.sum())
-            if keep.numel() == 0:
-                return touch
             embeddings = embeddings.index_select(0, keep)
             labels = torch.cat(labels).index_select(0, keep).view(-1, 1)
             positive = (self.class_start <= labels) & (labels < self.class_start + self.num_local)

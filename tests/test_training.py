@@ -2,9 +2,11 @@
 
 1-process QGFace run with falling loss, verification and summary.json; the ArcFace baseline through
 the same loop; a 2-process torchrun (gloo) run; resume giving the same next-step losses as an
-uninterrupted run; clear errors for a world-size change and for bad data.
+uninterrupted run; clear errors for a world-size change and for bad data; hq_mode="subset" with no HQ
+row on any rank (1 and 2 processes).
 """
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -97,6 +99,21 @@ def test_two_processes_with_torchrun(tmp_path, data):
     # a changed world size is a clear error, not a crash
     r = _run([_config(tmp_path, data, num_epoch=4), "--resume"])
     assert r.returncode == 2 and "world_size=2 but this run has 1" in r.stdout
+
+
+@pytest.mark.parametrize("nproc", [1, 2])
+def test_subset_mode_without_any_hq_row_trains(tmp_path, data, nproc):
+    """qgface_hq_mode="subset" with b = 1: no row is HQ on any rank (q̂ = 1 needs a norm 3σ above the mean),
+    so the classification loss is the zero loss that keeps every parameter in DDP's static graph."""
+    cfg = _config(tmp_path, data, num_epoch=1)
+    r = _run([cfg, "qgface_hq_mode=subset", "qgface_threshold=1.0"], torchrun=nproc if nproc > 1 else 0)
+    assert r.returncode == 0, r.stdout[-3000:]
+    s = _summary(tmp_path / "out")
+    assert s["world_size"] == nproc and s["steps"] == 12 // nproc
+    no_hq = [h for h in s["history"] if h["hq_fraction"] == 0]
+    assert no_hq, s["history"]  # the case under test happened (at the first step at least)
+    assert all(h["loss_cls"] == 0 for h in no_hq), s["history"]
+    assert all(math.isfinite(h["loss"]) and h["loss_con"] > 0 for h in s["history"]), s["history"]
 
 
 def test_resume_continues_with_the_same_losses(tmp_path, data):

@@ -108,7 +108,8 @@ class MarginClassifier(nn.Module):
     def _subset_loss(self, embeddings, labels, weight, quality, local_q):
         n_hq_global = int(quality.hq.sum())          # identical on every rank
         keep = torch.nonzero(local_q.hq, as_tuple=True)[0]
-        touch = 0.0 * (embeddings.sum() + self.weight.sum())  # every parameter in the graph
+        # every parameter in the graph; summed in fp32 (an fp16 sum overflows to inf, and 0 * inf is NaN)
+        touch = 0.0 * (at_least_fp32(embeddings).sum() + at_least_fp32(self.weight).sum())
         if n_hq_global == 0 or keep.numel() == 0:
             return touch
         emb = F.normalize(at_least_fp32(embeddings.index_select(0, keep)), dim=1)

@@ -301,8 +301,10 @@ def train(cfg, root: str | None = None) -> dict:
             print("qgface: fp16 needs a GPU; training in fp32 on the CPU", file=sys.stderr)
         cfg.fp16 = False
     output = Path(cfg.output)
+    # every rank: each writes its checkpoint_gpu_<rank>.pt here, and on node-local disks (multi-node) the
+    # other nodes' folders are not rank 0's; config.json, logs, model.pt and summary.json are rank 0's only
+    output.mkdir(parents=True, exist_ok=True)
     if rank == 0:
-        output.mkdir(parents=True, exist_ok=True)
         with open(output / "config.json", "w") as f:
             json.dump({k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.items()}, f, indent=1, default=str)
     dist.barrier()

@@ -3,12 +3,15 @@
 1-process QGFace run with falling loss, verification and summary.json; the ArcFace baseline through
 the same loop; a 2-process torchrun (gloo) run; resume giving the same next-step losses as an
 uninterrupted run; clear errors for a world-size change and for bad data; hq_mode="subset" with no HQ
-row on any rank (1 and 2 processes).
+row on any rank (1 and 2 processes); two nodes (two torchrun launchers) with node-local output folders.
 """
 import json
 import math
 import os
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -114,6 +117,54 @@ def test_subset_mode_without_any_hq_row_trains(tmp_path, data, nproc):
     assert no_hq, s["history"]  # the case under test happened (at the first step at least)
     assert all(h["loss_cls"] == 0 for h in no_hq), s["history"]
     assert all(math.isfinite(h["loss"]) and h["loss_con"] > 0 for h in s["history"]), s["history"]
+
+
+def _launch_nodes(cfg, cwds, timeout):
+    """One torchrun launcher per "node" (``--nnodes len(cwds)``, one process each, static rendezvous on
+    127.0.0.1), started together, each in its own working directory with a relative ``--output out``;
+    returns their CompletedProcess (stdout with stderr). A hang kills every launcher and fails the test."""
+    port = free_port()
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", f"--nnodes={len(cwds)}", "--nproc_per_node=1",
+         f"--node_rank={rank}", "--master_addr=127.0.0.1", f"--master_port={port}",
+         str(ROOT / "tools" / "train.py"), str(cfg), "--output", "out"],
+        cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        for rank, cwd in enumerate(cwds)]
+    deadline = time.monotonic() + timeout
+    results = []
+    try:
+        for p in procs:
+            out, _ = p.communicate(timeout=max(1.0, deadline - time.monotonic()))
+            results.append(subprocess.CompletedProcess(p.args, p.returncode, out, ""))
+    except subprocess.TimeoutExpired:
+        for p in procs:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+        tails = [(p.communicate()[0] or "")[-3000:] for p in procs]
+        pytest.fail(f"{len(cwds)} nodes ran past {timeout} s:\n" + "\n----\n".join(tails))
+    return results
+
+
+def test_two_nodes_with_node_local_output_folders(tmp_path, data):
+    """Multi-node with node-local disks: two torchrun launchers (--nnodes 2, one process each) in their
+    own working directories with a relative output path. Every rank creates the output folder it writes
+    its checkpoint to; rank 0's outputs (config.json, logs, model.pt, summary.json) stay on node 0."""
+    cfg = _config(tmp_path, data, num_epoch=1)
+    nodes = [tmp_path / "node0", tmp_path / "node1"]
+    for node in nodes:
+        node.mkdir()
+    r0, r1 = _launch_nodes(cfg, nodes, timeout=300)
+    assert r1.returncode == 0, r1.stdout[-3000:]
+    assert r0.returncode == 0, r0.stdout[-3000:]
+    out0, out1 = nodes[0] / "out", nodes[1] / "out"
+    s = _summary(out0)
+    assert s["world_size"] == 2 and s["steps"] == 6
+    assert {"config.json", "model.pt", "summary.json", "checkpoint_gpu_0.pt", "tensorboard"} <= \
+        {p.name for p in out0.iterdir()}
+    assert sorted(p.name for p in out1.iterdir()) == ["checkpoint_gpu_1.pt"]
+    ckpt = torch.load(out1 / "checkpoint_gpu_1.pt", weights_only=True)
+    assert ckpt["rank"] == 1 and ckpt["world_size"] == 2 and ckpt["global_step"] == 6
 
 
 def test_resume_continues_with_the_same_losses(tmp_path, data):

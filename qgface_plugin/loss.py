@@ -62,7 +62,10 @@ class QGFaceLoss(nn.Module):
         detach_positive: stop the gradient through the positive.
         rescale: multiply L_con by ln(129)/ln(K_filled + 1).
         proxy_correction: correct queue entries by their centres' drift (False: plain real-time queue).
-        check_finite: forwarded to the quality hook.
+        check_finite: forwarded to the quality hook (raise on NaN/inf embeddings, one device sync
+            per step). Off by default: such a batch leaves the quality statistics and the queue as
+            they were, ``stats["finite"]`` is False and the loss is non-finite, so a GradScaler or
+            the plugin loop skips the step.
     """
 
     def __init__(self, classifier: nn.Module, embedding_size: int, queue_size: int | None = None,
@@ -71,7 +74,7 @@ class QGFaceLoss(nn.Module):
                  stats_init: str = "zeros", weight_method: str = "sgn", weight_range: str = "half",
                  pair_quality: str = "low", mask: str = "label", symmetric: bool = True,
                  detach_positive: bool = False, rescale: bool = True, proxy_correction: bool = True,
-                 check_finite: bool = True):
+                 check_finite: bool = False):
         super().__init__()
         for attr in ("weight", "class_start", "num_local"):
             if not hasattr(classifier, attr):
@@ -120,7 +123,8 @@ class QGFaceLoss(nn.Module):
         Returns:
             ``(loss, stats)``: the scalar loss and a dict of detached scalars: ``loss``,
             ``loss_cls``, ``loss_con``, ``hq_fraction``, ``contrast_fraction``, ``norm_mean``,
-            ``norm_std``, ``queue_fill``, ``threshold``.
+            ``norm_std``, ``queue_fill``, ``threshold``, and ``finite`` (0-dim bool: the batch's embeddings
+            were all finite on every rank; a False batch did not move the queue or the statistics).
         """
         two_b, dim = embeddings.shape if embeddings.dim() == 2 else (0, 0)
         if two_b % 2 or two_b == 0 or dim != self.queue.dim:
@@ -155,7 +159,8 @@ class QGFaceLoss(nn.Module):
                          num_classes=self.num_classes,
                          check=self.num_classes is None)  # else the labels were checked on entry
         if self.training:
-            keys, slots = self.queue.enqueue_and_correct(packed[:, :dim], global_labels, lookup)
+            keys, slots = self.queue.enqueue_and_correct(packed[:, :dim], global_labels, lookup,
+                                                         valid=quality.finite)
         else:  # evaluation never writes to the queue
             keys, slots = self.queue.corrected(lookup(self.queue.filled_labels())), None
         key_labels = self.queue.filled_labels()
@@ -176,6 +181,7 @@ class QGFaceLoss(nn.Module):
             "norm_mean": self.partition.mean.detach().clone(), "norm_std": self.partition.std.detach().clone(),
             "queue_fill": torch.tensor(self.queue.filled / self.queue.size),
             "threshold": torch.tensor(quality.threshold),
+            "finite": quality.finite,
         }
         return loss, stats
 

@@ -71,6 +71,9 @@ class Quality:
         threshold: b in force for this step.
         rank: this process's rank.
         rows_per_rank: rows each rank contributed (identical on every rank).
+        finite: 0-dim bool tensor, False when some norm of the global batch was NaN/inf (identical
+            on every rank); such a batch has not moved the statistics, and its rows count as LQ.
+            None when not known.
     """
 
     ms: torch.Tensor
@@ -79,6 +82,7 @@ class Quality:
     threshold: float
     rank: int = 0
     rows_per_rank: int = -1
+    finite: torch.Tensor | None = None
 
     def local(self) -> "Quality":
         """The rows this rank contributed (a view; the whole object without a process group)."""
@@ -86,7 +90,12 @@ class Quality:
         if n < 0 or n == self.ms.shape[0]:
             return self
         sl = slice(self.rank * n, (self.rank + 1) * n)
-        return Quality(self.ms[sl], self.qhat[sl], self.hq[sl], self.threshold, 0, n)
+        return Quality(self.ms[sl], self.qhat[sl], self.hq[sl], self.threshold, 0, n, self.finite)
+
+    def rows(self, index: torch.Tensor) -> "Quality":
+        """The rows ``index`` (a long tensor) of this object, as a rank-less Quality."""
+        return Quality(self.ms.index_select(0, index), self.qhat.index_select(0, index),
+                       self.hq.index_select(0, index), self.threshold, 0, index.numel(), self.finite)
 
     @property
     def partitioned(self) -> bool:
@@ -104,7 +113,10 @@ class QualityPartition(nn.Module):
         init: initial μ/σ: ``"zeros"`` (the authors' QGFace code: the scaler saturates at +1 and
             every sample counts as HQ for the first ~1/α steps), ``"adaface"`` (μ = 20, σ = 100)
             or ``"first_batch"`` (μ/σ of the first batch).
-        check_finite: raise on NaN/inf norms (costs one device sync per step on GPU).
+        check_finite: raise on NaN/inf norms (one device sync per step). Off by default: a batch
+            with a non-finite norm (an fp16 overflow, say) leaves the statistics untouched, is
+            flagged in :attr:`Quality.finite`, and its loss is non-finite, so the training loop's
+            non-finite check (GradScaler's, or the plugin loop's) skips the step on every rank.
 
     Buffers (all persistent, so ``state_dict`` resumes them): ``mean``, ``std``, ``num_updates``.
 
@@ -115,7 +127,7 @@ class QualityPartition(nn.Module):
     """
 
     def __init__(self, threshold: float = 0.2, h: float = 0.333, momentum: float = 0.01,
-                 init: str = "zeros", check_finite: bool = True):
+                 init: str = "zeros", check_finite: bool = False):
         super().__init__()
         self.threshold = check_threshold(threshold)
         if not h > 0:
@@ -150,27 +162,31 @@ class QualityPartition(nn.Module):
             raise QGFaceInputError(f"norms must be 1-D [n], got shape {tuple(norms.shape)}")
         n_local = norms.shape[0]
         norms = dist.gather_nograd(at_least_fp32(norms.detach()))
-        if self.check_finite and not bool(torch.isfinite(norms).all()):
-            bad = norms[~torch.isfinite(norms)][0].item()
+        finite_rows = torch.isfinite(norms)
+        if self.check_finite and not bool(finite_rows.all()):
+            bad = norms[~finite_rows][0].item()
             raise QGFaceInputError(
                 f"non-finite feature norm {bad} in the batch: the backbone produced NaN/inf "
                 "embeddings (lower the learning rate, enable gradient clipping or check the input)")
-        norms = norms.clamp(*NORM_CLIP)
+        finite = finite_rows.all()
+        # NaN/inf rows become the lowest norm (LQ); the statistics ignore such a batch (below)
+        norms = torch.where(finite_rows, norms, NORM_CLIP[0]).clamp(*NORM_CLIP)
         if self.training:
-            self._update(norms)
+            self._update(norms, finite)
         ms = (self.h * (norms - self.mean) / (self.std + STD_EPS)).clamp_(-1.0, 1.0)
         qhat = (ms + 1.0) / 2.0
         return Quality(ms=ms, qhat=qhat, hq=qhat >= b, threshold=b,
-                       rank=dist.rank(), rows_per_rank=n_local)
+                       rank=dist.rank(), rows_per_rank=n_local, finite=finite)
 
-    def _update(self, norms: torch.Tensor) -> None:
+    def _update(self, norms: torch.Tensor, finite: torch.Tensor) -> None:
+        """EMA step on the device (no host sync); a batch that was not ``finite`` changes nothing."""
         if norms.numel() < 2:
             raise QGFaceInputError("the quality statistics need at least 2 rows per step")
         mean, std = norms.mean(), norms.std()  # unbiased, as torch's default in the authors' code
-        if self.init == "first_batch" and int(self.num_updates) == 0:
-            self.mean.copy_(mean)
-            self.std.copy_(std)
-        else:
-            self.mean.lerp_(mean, self.momentum)
-            self.std.lerp_(std, self.momentum)
-        self.num_updates += 1
+        new_mean, new_std = self.mean.lerp(mean, self.momentum), self.std.lerp(std, self.momentum)
+        if self.init == "first_batch":
+            first = self.num_updates == 0
+            new_mean, new_std = torch.where(first, mean, new_mean), torch.where(first, std, new_std)
+        self.mean.copy_(torch.where(finite, new_mean, self.mean))
+        self.std.copy_(torch.where(finite, new_std, self.std))
+        self.num_updates.add_(finite.long())

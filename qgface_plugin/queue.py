@@ -130,7 +130,7 @@ class ProxyQueue(nn.Module):
 
     @torch.no_grad()
     def enqueue(self, features: torch.Tensor, labels: torch.Tensor,
-                centres: torch.Tensor | None) -> torch.Tensor:
+                centres: torch.Tensor | None, valid: torch.Tensor | None = None) -> torch.Tensor:
         """Write rows at the pointer, wrapping around; returns the slot of each row.
 
         Args:
@@ -139,6 +139,10 @@ class ProxyQueue(nn.Module):
             labels: ``[n]`` their classes (≥ 0).
             centres: ``[n, D]`` their class centres now (raw rows of the classifier weight), or
                 None to fill them later with :meth:`set_centres`.
+            valid: optional 0-dim bool tensor; when False (a batch with NaN/inf embeddings) the
+                slots keep their contents, decided on the device without a host sync. The pointer
+                still moves on, so the ring's oldest rows survive one more turn; in the first turn
+                the slots stay empty (label −1, zero features: like masked entries, cosine 0).
 
         Returns:
             ``[n]`` long slot indices; −1 for rows not stored because n > K (only the last K rows
@@ -157,10 +161,15 @@ class ProxyQueue(nn.Module):
         written = (torch.arange(keep, device=slots.device) + self._ptr) % self.size
         slots[n - keep:] = written
         src = slice(n - keep, n)
-        self.features.index_copy_(0, written, F.normalize(features[src].to(self.features.dtype), dim=1, eps=_NORM_EPS))
-        self.labels.index_copy_(0, written, labels[src].long())
+        new_features = F.normalize(features[src].to(self.features.dtype), dim=1, eps=_NORM_EPS)
+        new_labels = labels[src].long()
+        if valid is not None:
+            new_features = torch.where(valid, new_features, self.features.index_select(0, written))
+            new_labels = torch.where(valid, new_labels, self.labels.index_select(0, written))
+        self.features.index_copy_(0, written, new_features)
+        self.labels.index_copy_(0, written, new_labels)
         if centres is not None:
-            self.set_centres(written, centres[src])
+            self.set_centres(written, centres[src], valid)
         self._ptr = (self._ptr + keep) % self.size
         self._filled = min(self.size, self._filled + keep)
         self.ptr.fill_(self._ptr)
@@ -168,11 +177,16 @@ class ProxyQueue(nn.Module):
         return slots
 
     @torch.no_grad()
-    def set_centres(self, slots: torch.Tensor, centres: torch.Tensor) -> None:
-        """Store centre snapshots ``[m, D]`` for the given slots ``[m]``."""
+    def set_centres(self, slots: torch.Tensor, centres: torch.Tensor,
+                    valid: torch.Tensor | None = None) -> None:
+        """Store centre snapshots ``[m, D]`` for the given slots ``[m]`` (not when ``valid`` is False)."""
         centres = centres.to(self.centres.dtype)
+        inv_norm = centres.norm(dim=1).clamp_min(_NORM_EPS).reciprocal()
+        if valid is not None:
+            centres = torch.where(valid, centres, self.centres.index_select(0, slots))
+            inv_norm = torch.where(valid, inv_norm, self.centre_inv_norm.index_select(0, slots))
         self.centres.index_copy_(0, slots, centres)
-        self.centre_inv_norm.index_copy_(0, slots, centres.norm(dim=1).clamp_min(_NORM_EPS).reciprocal())
+        self.centre_inv_norm.index_copy_(0, slots, inv_norm)
 
     @torch.no_grad()
     def corrected(self, current_centres: torch.Tensor | None) -> torch.Tensor:
@@ -198,27 +212,31 @@ class ProxyQueue(nn.Module):
 
     @torch.no_grad()
     def enqueue_and_correct(self, features: torch.Tensor, labels: torch.Tensor,
-                            centre_lookup: Callable[[torch.Tensor], torch.Tensor]):
+                            centre_lookup: Callable[[torch.Tensor], torch.Tensor],
+                            valid: torch.Tensor | None = None):
         """One training step's queue work with a single centre lookup (one collective).
 
         Writes the rows, looks up the current centres of *all* valid entries once, uses them both
         as the new rows' snapshots (so new rows have zero correction) and to correct the queue.
 
         Args:
-            features, labels: as :meth:`enqueue`.
+            features, labels, valid: as :meth:`enqueue`.
             centre_lookup: ``labels [m] -> centres [m, D]``, e.g. a partial of :func:`fetch_centres`.
 
         Returns:
             ``(corrected [num_filled, D], slots [n])``.
         """
-        slots = self.enqueue(features, labels, centres=None)
+        slots = self.enqueue(features, labels, centres=None, valid=valid)
         if not self.proxy_correction:
             # snapshots are unused without correction; keep them consistent anyway
             return self.corrected(None), slots
-        current = centre_lookup(self.filled_labels())
+        labels_now = self.filled_labels()
+        if valid is not None:  # slots a skipped batch left empty (−1) look up class 0; their
+            labels_now = labels_now.clamp_min(0)  # zero snapshot norm cancels it (corrected: 0)
+        current = centre_lookup(labels_now)
         n_written = min(features.shape[0], self.size)
         written = slots[slots.shape[0] - n_written:]
-        self.set_centres(written, current.index_select(0, written))
+        self.set_centres(written, current.index_select(0, written), valid)
         return self.corrected(current), slots
 
     # -- state ---------------------------------------------------------------------------------

@@ -238,3 +238,29 @@ def test_default_queue_size_and_classifier_contract():
         QGFaceLoss(torch.nn.Identity(), D, queue_size=4)
     with pytest.raises(QGFaceConfigError, match="qgface_hq_mode"):
         MarginClassifier(build_margin("cosface"), D, 4, hq_mode="soft")
+
+
+@pytest.mark.parametrize("bad", [float("inf"), float("nan")])
+@pytest.mark.parametrize("queue_full", [True, False])
+def test_non_finite_batch_leaves_queue_and_statistics_as_they_were(bad, queue_full):
+    """A batch with one NaN/inf embedding (an fp16 overflow, say): the loss is non-finite (so the
+    loop's check skips the step), stats["finite"] says so, and neither the quality statistics nor a
+    single queue entry is moved by it; the next finite step gives a finite loss."""
+    loss_fn = make(queue_size=K if queue_full else 4 * K)
+    for step in range(3 if queue_full else 1):                 # 3 x 8 rows >= K = 9: full, wrapped
+        loss_fn(*_batch(step))[0].backward()
+    assert (loss_fn.queue.filled == K) == queue_full
+    before = {k: v.clone() for k, v in loss_fn.state_dict().items()}
+    z, y = _batch(5)
+    z[2, 1] = bad
+    loss, stats = loss_fn(z.requires_grad_(), y)
+    assert not torch.isfinite(loss) and not bool(stats["finite"])
+    after = loss_fn.state_dict()
+    moved = {k for k in before if not torch.equal(before[k], after[k])}
+    assert moved <= {"queue.ptr", "queue.num_filled"}, moved   # the ring position only
+    q = loss_fn.queue
+    if not queue_full:  # first turn: the skipped rows' slots stay empty and act as masked entries
+        assert (q.filled_labels()[-2 * B:] == -1).all()
+    loss, stats = loss_fn(*_batch(6))
+    assert torch.isfinite(loss) and bool(stats["finite"])
+    loss.backward()

@@ -120,8 +120,22 @@ def test_bad_options():
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
-def test_non_finite_norms_raise_naming_value(bad):
-    part = QualityPartition()
+def test_non_finite_norms_raise_naming_value_when_checked(bad):
+    part = QualityPartition(check_finite=True)
     with pytest.raises(QGFaceInputError, match=f"non-finite feature norm {bad}"):
         part(torch.tensor([1.0, bad, 2.0]))
     assert int(part.num_updates) == 0  # state untouched
+
+
+@pytest.mark.parametrize("init", ["zeros", "first_batch"])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_batch_is_flagged_and_leaves_the_statistics_untouched(bad, init):
+    part = QualityPartition(threshold=0.2, momentum=0.5, init=init)
+    part(torch.tensor([2.0, 4.0]))                       # one finite step: mean 3, std sqrt(2)
+    state = {k: v.clone() for k, v in part.state_dict().items()}
+    q = part(torch.tensor([1.0, bad, 5.0]))
+    assert not bool(q.finite) and not bool(q.local().finite)
+    assert all(torch.equal(v, state[k]) for k, v in part.state_dict().items())
+    assert torch.isfinite(q.ms).all() and not bool(q.hq[1])  # the bad row counts as LQ
+    assert bool(part(torch.tensor([2.0, 4.0])).finite)   # the next finite batch moves them again
+    assert int(part.num_updates) == 2

@@ -144,6 +144,27 @@ def build_loader(cfg, ns, rank, world, device):
 
 # ---------------------------------------------------------------------------------------------
 # model, loss, optimisation
+def _ddp_static_graph_no_buffer_sync() -> dict:
+    """DDP arguments: a static graph, and BatchNorm statistics not synchronised at each forward.
+
+    Upstream's train_v2 passes ``broadcast_buffers=False, find_unused_parameters=True`` and then calls
+    ``_set_static_graph()``. The loss reaches every parameter at every step (the QGFace loss and the
+    Partial FC keep a zero term that touches all of them), so the graph is static and there is no
+    unused parameter to look for: ``static_graph=True`` alone (with it DDP ignores
+    ``find_unused_parameters`` and warns about it). torch >= 2.13 renamed ``broadcast_buffers`` to
+    ``forward_sync_buffers`` and warns about the old name; the new one also broadcasts the buffers once
+    at construction, which changes nothing here: the backbone's buffers are BatchNorm's initial
+    statistics, the same on every rank (a resumed run loads its checkpoint after construction).
+    """
+    import inspect
+    kwargs = {"static_graph": True}
+    if "forward_sync_buffers" in inspect.signature(DistributedDataParallel.__init__).parameters:
+        kwargs["forward_sync_buffers"] = False
+    else:
+        kwargs["broadcast_buffers"] = False
+    return kwargs
+
+
 def build_training(cfg, ns, world, device):
     """Backbone (DDP), Partial FC with the margin, the QGFace loss (or None), optimizer."""
     backbone = ns.get_model(cfg.network, dropout=0.0, fp16=bool(cfg.fp16), num_features=cfg.embedding_size)
@@ -151,12 +172,11 @@ def build_training(cfg, ns, world, device):
     if cfg.channels_last:
         backbone = backbone.to(memory_format=torch.channels_last)
     backbone = DistributedDataParallel(
-        backbone, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False,
-        bucket_cap_mb=16, find_unused_parameters=True)
+        backbone, device_ids=[device.index] if device.type == "cuda" else None, bucket_cap_mb=16,
+        **_ddp_static_graph_no_buffer_sync())
     if world > 1:
         from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import fp16_compress_hook
         backbone.register_comm_hook(None, fp16_compress_hook)
-    backbone._set_static_graph()
 
     if cfg.loss == "qgface":
         margin = qgface_margin(cfg)

@@ -23,6 +23,7 @@ setup(
         "mxnet>=1.9.1,<2",
         "insightface>=0.7",
         "opencv-python-headless>=4.5,<4.12",  # 4.12+ requires numpy 2
+        "pillow>=9.1",                 # Image.Resampling; the L view's resizes
         "scikit-image>=0.19,<0.25",     # 0.25+ requires numpy >= 1.24
         "easydict>=1.9",
         "onnx>=1.14",

@@ -10,8 +10,14 @@ QGFace trains every face image in two views:
   (each with a small probability) a random resized crop, a colour jitter and a
   rotation, and finally an independent horizontal flip.
 
-This module re-implements the authors' ``.rec`` pipeline with OpenCV instead
-of PIL/torchvision so it is fast enough to feed a GPU from a few CPU cores.
+This module re-implements the authors' ``.rec`` pipeline. The down- and the
+up-scale of the L view go through Pillow's ``Image.resize``, exactly as the
+authors' ``torchvision.transforms.functional.resize`` on a PIL image does, so
+the five random filters are PIL's: when downscaling, BILINEAR, BICUBIC
+(a = -0.5), LANCZOS (3 lobes) and BOX widen their support by the scale factor
+and therefore antialias; only NEAREST aliases. (OpenCV's linear, cubic and
+Lanczos resizes point-sample when downscaling, so they alias.) Everything else
+uses OpenCV so the transform is fast enough to feed a GPU from a few CPU cores.
 
 Everything works on **RGB HWC uint8** numpy arrays, which is what
 arcface_torch's ``MXFaceDataset`` hands to its ``transform``. The outputs are
@@ -27,7 +33,7 @@ Public API:
 * :func:`hflip` -- horizontal mirror of an HWC image.
 
 ``S`` is the ``size`` argument, 112 by default. This module depends only on
-numpy, OpenCV and torch.
+numpy, OpenCV, Pillow and torch.
 """
 
 import math
@@ -37,18 +43,21 @@ import os
 import cv2
 import numpy as np
 import torch
+from PIL import Image
 
 from .errors import QGFaceConfigError, QGFaceInputError
 
 __all__ = ["TwoViewTransform", "FlipTransform", "degrade"]
 
-# Interpolations drawn uniformly for the down- and the up-scale of the L view.
+# Pillow filters drawn uniformly (index ``rng.integers(5)``) for the down- and
+# the up-scale of the L view: the authors' set {bicubic, bilinear, nearest, box,
+# lanczos}, here in a fixed order.
 _INTERPOLATIONS = (
-    cv2.INTER_NEAREST,
-    cv2.INTER_LINEAR,
-    cv2.INTER_CUBIC,
-    cv2.INTER_AREA,
-    cv2.INTER_LANCZOS4,
+    Image.Resampling.NEAREST,
+    Image.Resampling.BILINEAR,
+    Image.Resampling.BICUBIC,
+    Image.Resampling.BOX,
+    Image.Resampling.LANCZOS,
 )
 
 # torchvision RandomResizedCrop default aspect-ratio range, and its log.
@@ -171,22 +180,52 @@ def _draw_side(rng, size, low, high):
     return max(int(math.floor(rng.uniform(low, high) * size)), 2)
 
 
+def _to_pil(arr, rawmode="RGB"):
+    """uint8 ``[H, W, 3]`` array (channels in ``rawmode`` order) -> PIL RGB image (a copy)."""
+    h, w = arr.shape[:2]
+    return Image.frombuffer("RGB", (w, h), np.ascontiguousarray(arr), "raw", rawmode, 0, 1)
+
+
+def _to_array(pil, rawmode="RGB"):
+    """PIL RGB image -> read-only uint8 ``[H, W, 3]`` array, channels in ``rawmode`` order."""
+    w, h = pil.size
+    return np.frombuffer(pil.tobytes("raw", rawmode), np.uint8).reshape(h, w, 3)
+
+
+def _resize(img, side, resample):
+    """Pillow ``Image.resize`` of an RGB uint8 ``[H, W, 3]`` array to ``side x side``.
+
+    This is what the authors' ``torchvision.transforms.functional.resize`` does
+    on a PIL image (``reducing_gap=None``). Returns a C-contiguous, read-only
+    uint8 ``[side, side, 3]`` array.
+    """
+    return _to_array(_to_pil(img).resize((side, side), resample))
+
+
 def _down_jpeg_up(img, rng, size, low, high, quality):
-    """Downscale, JPEG re-encode at the small size, upscale back to ``size``."""
+    """Downscale, JPEG re-encode at the small size, upscale back to ``size``.
+
+    Both resizes are Pillow's ``Image.resize`` (see :func:`_resize`) with a
+    filter drawn uniformly from :data:`_INTERPOLATIONS`. Returns ``img`` itself
+    when nothing is done, else a new, read-only uint8 ``[size, size, 3]`` array.
+    """
     side = _draw_side(rng, size, low, high)
     down = _INTERPOLATIONS[rng.integers(len(_INTERPOLATIONS))]
     up = _INTERPOLATIONS[rng.integers(len(_INTERPOLATIONS))]
-    small = img if side == size else cv2.resize(img, (side, side), interpolation=down)
+    if side == size and quality is None:
+        return img
+    pil = _to_pil(img)
+    if side != size:
+        pil = pil.resize((side, side), down)
     if quality is not None:
-        # cv2's JPEG codec assumes BGR (chroma is computed from that order).
-        bgr = cv2.cvtColor(small, cv2.COLOR_RGB2BGR)
-        ok, buf = cv2.imencode(".jpg", bgr, (cv2.IMWRITE_JPEG_QUALITY, quality))
+        # cv2's JPEG codec takes BGR (chroma is computed from that order).
+        ok, buf = cv2.imencode(".jpg", _to_array(pil, "BGR"), (cv2.IMWRITE_JPEG_QUALITY, quality))
         if not ok:  # pragma: no cover - libjpeg does not fail on valid input
             raise RuntimeError("cv2.imencode failed to JPEG-encode the image")
-        small = cv2.cvtColor(cv2.imdecode(buf, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
-    if side == size:
-        return small
-    return cv2.resize(small, (size, size), interpolation=up)
+        pil = _to_pil(cv2.imdecode(buf, cv2.IMREAD_COLOR), "BGR")
+    if side != size:
+        pil = pil.resize((size, size), up)
+    return _to_array(pil)
 
 
 def _crop_params(rng, height, width, scale):
@@ -309,8 +348,9 @@ def degrade(img_rgb_uint8, rng=None, *, size=112, scale=(0.1, 0.5), jpeg_quality
     """Apply the QGFace L-view degradation to one image.
 
     Steps, in order: (1) downscale to ``max(floor(U(*scale) * size), 2)`` px
-    with a random interpolation, JPEG re-encode at ``jpeg_quality`` and upscale
-    back with an independently drawn interpolation; (2) with ``crop_p`` a
+    with a random Pillow filter (nearest, bilinear, bicubic, box or lanczos,
+    each antialiasing but nearest), JPEG re-encode at ``jpeg_quality`` and
+    upscale back with an independently drawn filter; (2) with ``crop_p`` a
     torchvision-style random resized crop (``crop_scale``, ratio 3/4..4/3,
     bilinear); (3) with ``jitter_p`` a brightness/contrast/saturation jitter of
     strength ``jitter`` in random order; (4) with ``rotation_p`` a rotation by
@@ -338,7 +378,7 @@ def degrade(img_rgb_uint8, rng=None, *, size=112, scale=(0.1, 0.5), jpeg_quality
         rng = np.random.default_rng(rng)
     img = _as_rgb_uint8(img_rgb_uint8, size)
     out = _degrade(img, rng, *params)
-    if out is img or np.may_share_memory(out, img_rgb_uint8):
+    if out is img or not out.flags.writeable or np.may_share_memory(out, img_rgb_uint8):
         out = out.copy()
     return out
 

@@ -5,7 +5,7 @@ The components import only torch, numpy and OpenCV; nothing here imports arcface
 """
 from .classifier import MarginClassifier
 from .contrastive import masked_info_nce, pair_quality, pair_weight, rescale_factor
-from .errors import QGFaceConfigError, QGFaceInputError
+from .errors import QGFaceConfigError, QGFaceInputError, QGFaceNonFiniteError
 from .loss import QGFaceLoss
 from .margins import AdaFaceMargin, ArcFaceMargin, CosFaceMargin, QualityMargin, build_margin
 from .quality import Quality, QualityPartition, threshold_schedule
@@ -21,5 +21,5 @@ __all__ = [
     "MarginClassifier", "QGFaceLoss",
     "masked_info_nce", "pair_weight", "pair_quality", "rescale_factor",
     "TwoViewTransform", "FlipTransform", "degrade",
-    "QGFaceConfigError", "QGFaceInputError", "__version__",
+    "QGFaceConfigError", "QGFaceInputError", "QGFaceNonFiniteError", "__version__",
 ]

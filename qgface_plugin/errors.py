@@ -1,6 +1,6 @@
-"""The package's one error type for bad configuration or bad input."""
+"""The package's error types: bad configuration, bad input at run time, a run that diverged."""
 
-__all__ = ["QGFaceConfigError", "QGFaceInputError"]
+__all__ = ["QGFaceConfigError", "QGFaceInputError", "QGFaceNonFiniteError"]
 
 
 class QGFaceConfigError(ValueError):
@@ -9,3 +9,8 @@ class QGFaceConfigError(ValueError):
 
 class QGFaceInputError(ValueError):
     """Bad data reaching a component at run time (non-finite norms, out-of-range labels, bad shapes)."""
+
+
+class QGFaceNonFiniteError(FloatingPointError):
+    """Training stopped: too many consecutive steps with a NaN/inf loss or gradient (config
+    ``max_nonfinite_steps``); raised on every rank at the same step."""

@@ -29,9 +29,10 @@ from torch.nn.parallel import DistributedDataParallel
 
 from . import upstream as upstream_mod
 from .config import load_config
-from .errors import QGFaceConfigError, QGFaceInputError
+from .errors import QGFaceConfigError, QGFaceInputError, QGFaceNonFiniteError
 from .factory import (load_qgface_state_dict, qgface_loss, qgface_margin, qgface_state_dict,
                       threshold_at_step, two_view_transform)
+from .optim_step import NonFiniteSteps, optimizer_step
 from .partial_fc import qgface_partial_fc
 from .records import check_record_dataset
 from .views import FlipTransform
@@ -350,6 +351,7 @@ def train(cfg, root: str | None = None) -> dict:
         from tensorboardX import SummaryWriter
         writer = SummaryWriter(str(output / "tensorboard"))
 
+    nonfinite = NonFiniteSteps(cfg.max_nonfinite_steps)
     pfc_guard = upstream_mod.partial_fc_cpu_shim if device.type != "cuda" else contextlib.nullcontext
     last, history, val_results, stats = {}, [], {}, None
     t_start = time.time()
@@ -377,15 +379,13 @@ def train(cfg, root: str | None = None) -> dict:
                 else:
                     loss = pfc(embeddings.float(), labels.clone())
                     stats = {"loss": loss.detach()}
-            if not torch.isfinite(loss):
-                raise FloatingPointError(
-                    f"loss is {loss.item()} at step {step}: lower config.lr, enable warm-up or check the data")
-            scaler.scale(loss).backward()
-            scaler.unscale_(opt)
-            torch.nn.utils.clip_grad_norm_(backbone.parameters(), cfg.clip_grad_norm)
-            scaler.step(opt)
-            scaler.update()
-            opt.zero_grad(set_to_none=True)
+            skipped = optimizer_step(loss, opt, scaler, backbone.parameters(), cfg.clip_grad_norm,
+                                     pfc.parameters())
+            if skipped and rank == 0:
+                print(f"qgface: step {step + 1}: NaN/inf loss or gradient on some rank; step skipped on "
+                      f"every rank ({nonfinite.consecutive + 1} in a row, limit {nonfinite.limit})",
+                      file=sys.stderr, flush=True)
+            nonfinite.record(skipped, step + 1)
             sched.step()
             step += 1
             samples_window += cfg.batch_size * world
@@ -402,12 +402,15 @@ def train(cfg, root: str | None = None) -> dict:
                 if criterion is not None:
                     parts += [f"cls {last['loss_cls']:.3f}", f"con {last['loss_con']:.3f}",
                               f"hq {100 * last['hq_fraction']:.0f}%", f"b {last['threshold']:.2f}"]
+                if nonfinite.total:
+                    parts.append(f"skipped {nonfinite.total}")
                 parts += [f"lr {lr:.4g}", f"{rate:.1f} img/s", f"ETA {_format_eta(eta)}"]
                 print("  ".join(parts), flush=True)
                 for k, v in last.items():
                     writer.add_scalar(f"train/{k}", v, step)
                 writer.add_scalar("train/lr", lr, step)
                 writer.add_scalar("train/samples_per_s", rate, step)
+                writer.add_scalar("train/skipped_steps", nonfinite.total, step)
                 history.append({"step": step, **last})
             if val_sets and step % cfg.verbose == 0:
                 val_results = _verify_and_log(val_sets, ns, backbone, device, writer, step)
@@ -428,6 +431,7 @@ def train(cfg, root: str | None = None) -> dict:
         "num_epoch": cfg.num_epoch, "final": last,
         "samples_per_s": float(np.median(rates)) if rates else None, "wall_s": round(time.time() - t_start, 1),
         "verification": val_results, "model": str(output / "model.pt"), "output": str(output),
+        "nonfinite_steps": nonfinite.summary(),
         "history": history,
     }
     if rank == 0:
@@ -476,6 +480,9 @@ def main(argv=None) -> int:
     except (QGFaceConfigError, QGFaceInputError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except QGFaceNonFiniteError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()

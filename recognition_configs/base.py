@@ -38,6 +38,7 @@ config.lr_gamma = 0.1
 config.fp16 = False                    # torch.amp fp16 with GradScaler (GPU only)
 config.gradient_acc = 1                # only 1 is supported
 config.clip_grad_norm = 5.0            # backbone gradient clipping (upstream hard-codes 5)
+config.max_nonfinite_steps = 20        # a NaN/inf loss or gradient skips the step on every rank; stop after this many in a row
 config.channels_last = False           # NHWC memory format for the backbone (faster convolutions on CPU)
 
 # ---- Partial FC ------------------------------------------------------------------------------

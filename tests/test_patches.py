@@ -3,7 +3,9 @@
 The hook tests at the top always run. The others need a copy of arcface_torch at the pinned
 commit named by ``ARCFACE_TORCH_ROOT`` and skip without it: they copy it into a temporary folder,
 apply the patches with ``git apply`` and run the patched ``train_v2.py`` on a tiny synthetic record
-set through ``tools/run_upstream.py`` (CPU shims; one process, and two with torchrun).
+set through ``tools/run_upstream.py`` (CPU shims; one process, and two with torchrun), and once as users run
+it: ``torchrun train_v2.py configs/<name>`` inside the copy, without run_upstream.py (trains with CUDA; on a
+CPU it must get past its imports, tensorboard included, and load the config).
 The ``tools/fetch_arcface_torch.py`` test needs ``INSIGHTFACE_GIT_DIR`` (an insightface clone or git
 directory holding the pinned commit) as well.
 """
@@ -408,6 +410,56 @@ def test_train_v2_qgface_two_processes_share_one_queue(patched, records, tmp_pat
     assert int(s0["queue.num_filled"]) == steps * 2 * 2 * BATCH  # every rank holds every rank's rows
     for key in QGFACE_STATE:
         assert torch.equal(s0[key], s1[key]), key
+
+
+def _past_imports_line(train_v2: Path) -> int:
+    """Line number of train_v2's first statement after its imports (upstream's torch version assert)."""
+    lines = train_v2.read_text().splitlines()
+    return next(i for i, line in enumerate(lines, 1) if line.startswith("assert torch.__version__"))
+
+
+@needs_git
+@needs_upstream
+def test_train_v2_runs_as_users_run_it(patched, records, tmp_path):
+    """``torchrun --nproc_per_node 1 train_v2.py configs/<qgface config>`` from inside the patched copy, in this
+    environment (requirements.txt: tensorboardX, no tensorboard package), without tools/run_upstream.py and
+    its fallbacks and shims. train_v2 imports ``torch.utils.tensorboard`` (which needs the tensorboard
+    package); the patch falls back to tensorboardX's SummaryWriter.
+
+    With CUDA it trains. Without, upstream's train_v2 cannot run at all (NCCL initialised at import time,
+    ``torch.cuda.set_device``, ``.cuda()`` calls: the CPU shim of run_upstream.py is what makes it run);
+    then the run must get past every import and stop at upstream's first CUDA-only call, and the config
+    is loaded the way train_v2 loads it (``get_config``, ``qgface_hooks.configure``) in the same folder.
+    """
+    name = "qg_as_users_run_it"
+    out = tmp_path / "out"
+    cfg = dict(loss="qgface", network="mbf", embedding_size=64, rec=str(records), num_classes=IDS,
+               num_image=NUM_IMAGES, num_epoch=1, warmup_epoch=0, batch_size=BATCH, lr=0.05, num_workers=0,
+               verbose=10 ** 9, frequent=1, val_targets=[], save_all_states=True, output=str(out),
+               qgface_queue_size=QUEUE)
+    (patched / "configs" / f"{name}.py").write_text(
+        "from easydict import EasyDict as edict\nconfig = edict()\n"
+        + "".join(f"config.{k} = {v!r}\n" for k, v in cfg.items()))
+    env = _env(1)
+    env.pop(upstream.ENV_VAR, None)
+    proc = run_guarded([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "1", "--master_addr",
+                        "127.0.0.1", "--master_port", free_port(), "train_v2.py", f"configs/{name}"],
+                       240, cwd=patched, env=env)
+    assert "ModuleNotFoundError" not in proc.stdout and "ImportError" not in proc.stdout, proc.stdout[-4000:]
+    if torch.cuda.is_available():
+        _check_run(proc, out, 1, STEPS)
+        assert any((out / "tensorboard").iterdir())
+        return
+    assert proc.returncode != 0
+    frames = [int(n) for n in re.findall(r'File "[^"]*train_v2\.py", line (\d+)', proc.stdout)]
+    assert frames and max(frames) > _past_imports_line(patched / "train_v2.py"), proc.stdout[-4000:]
+    assert re.search(r"NCCL|CUDA|GPU", proc.stdout), proc.stdout[-4000:]
+    load = ("from utils.utils_config import get_config\n"
+            "from qgface_plugin import arcface_hooks as qgface_hooks\n"
+            f"cfg = get_config('configs/{name}')\n"
+            "print('qgface', qgface_hooks.configure(cfg), cfg.qgface_lambda, cfg.qgface_queue_size)\n")
+    proc = run_guarded([sys.executable, "-c", load], 120, cwd=patched, env=env)
+    assert proc.returncode == 0 and f"qgface True 1.0 {QUEUE}" in proc.stdout, proc.stdout[-4000:]
 
 
 # ------------------------------------------------------------------------------------- fetch tool

@@ -11,7 +11,7 @@ from PIL import Image
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
-from qgface_plugin import views
+from qgface_plugin import QGFaceConfigError, views
 from qgface_plugin.views import FlipTransform, TwoViewTransform, degrade, hflip
 
 S = 112
@@ -654,3 +654,18 @@ def test_flip_transform_bad_arguments():
         FlipTransform(flip_p=1.5)
     with pytest.raises(ValueError, match=r"seed.*-1"):
         FlipTransform(seed=-1)
+
+
+@pytest.mark.parametrize("make", [lambda **kw: TwoViewTransform(seed=5, **kw), lambda **kw: FlipTransform(seed=5, **kw)])
+def test_uint8_output_normalised_on_the_device_equals_the_float_output_bitwise(make):
+    from qgface_plugin.views import normalise_images
+    rng = np.random.default_rng(0)
+    imgs = [rng.integers(0, 256, (112, 112, 3), dtype=np.uint8) for _ in range(4)]
+    as_float, as_uint8 = make(), make(output="uint8")
+    f = torch.stack([as_float(im) for im in imgs])
+    u = torch.stack([as_uint8(im) for im in imgs])
+    assert u.dtype == torch.uint8 and u.shape == f.shape and u.is_contiguous()
+    assert torch.equal(normalise_images(u), f)
+    assert normalise_images(f) is f
+    with pytest.raises(QGFaceConfigError, match="output must be one of"):
+        make(output="half")

@@ -14,12 +14,13 @@ __all__ = ["two_view_transform", "qgface_margin", "qgface_loss", "qgface_state_d
            "load_qgface_state_dict", "threshold_at_step"]
 
 
-def two_view_transform(cfg, seed=None) -> TwoViewTransform:
-    """QGFace's :class:`~qgface_plugin.views.TwoViewTransform` with the config's ``qgface_view_*`` options."""
+def two_view_transform(cfg, seed=None, output: str = "float") -> TwoViewTransform:
+    """QGFace's :class:`~qgface_plugin.views.TwoViewTransform` with the config's ``qgface_view_*`` options
+    (``output="uint8"`` for a loop that normalises on the device)."""
     return TwoViewTransform(
         scale=tuple(cfg.qgface_view_scale), jpeg_quality=cfg.qgface_view_jpeg_quality,
         crop_p=cfg.qgface_view_crop_p, jitter_p=cfg.qgface_view_jitter_p,
-        rotation_p=cfg.qgface_view_rotation_p, seed=seed)
+        rotation_p=cfg.qgface_view_rotation_p, seed=seed, output=output)
 
 
 def qgface_margin(cfg) -> QualityMargin:

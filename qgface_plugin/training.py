@@ -32,8 +32,10 @@ from .config import load_config
 from .errors import QGFaceConfigError, QGFaceInputError, QGFaceNonFiniteError
 from .factory import (load_qgface_state_dict, qgface_loss, qgface_margin, qgface_state_dict,
                       threshold_at_step, two_view_transform)
+from .device_data import DeviceBatches
 from .optim_step import NonFiniteSteps, optimizer_step
 from .partial_fc import qgface_partial_fc
+from .progress import Progress, peak_memory
 from .records import check_record_dataset
 from .views import FlipTransform
 
@@ -123,15 +125,17 @@ class SyntheticImages(torch.utils.data.Dataset):
 
 
 def build_loader(cfg, ns, rank, world, device):
-    """DataLoader over the record set (two views for QGFace) with a distributed sampler."""
+    """DataLoader over the record set (two views for QGFace; uint8 with ``loader_uint8``) with a distributed sampler."""
+    # uint8 batches normalised on the device (DeviceBatches), or arcface_torch's float pipeline
+    output = "uint8" if cfg.loader_uint8 else "float"
+    transform = two_view_transform(cfg, output=output) if cfg.loss == "qgface" else FlipTransform(output=output)
     if cfg.rec == "synthetic":
-        transform = two_view_transform(cfg) if cfg.loss == "qgface" else FlipTransform()
         dataset = SyntheticImages(cfg.num_image, cfg.num_classes, transform, seed=cfg.seed)
     else:
         check_record_dataset(cfg.rec, cfg.num_classes)
         dataset = ns.MXFaceDataset(root_dir=cfg.rec, local_rank=rank)
-        if cfg.loss == "qgface":
-            dataset.transform = two_view_transform(cfg)
+        if cfg.loss == "qgface" or cfg.loader_uint8:  # else upstream's own flip + normalise
+            dataset.transform = transform
     sampler = torch.utils.data.DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True,
                                                   seed=cfg.seed)
     loader = torch.utils.data.DataLoader(
@@ -308,9 +312,36 @@ def run_verification(sets, ns, backbone, device, batch_size=64):
 
 
 # ---------------------------------------------------------------------------------------------
-def _format_eta(seconds: float) -> str:
-    seconds = int(max(0, seconds))
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m{seconds % 60:02d}s"
+def configure_device(cfg, device) -> None:
+    """Upstream's cuDNN autotuning, and TF32 matrix products/convolutions (``config.tf32``) on GPUs."""
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = bool(cfg.tf32)
+
+
+def train_step(images, labels, *, cfg, step, steps_per_epoch, backbone, pfc, criterion, opt, scaler,
+               nonfinite, pfc_guard, rank):
+    """One training step on device batches: forward, loss, and :func:`optimizer_step` (which skips a
+    non-finite step on every rank). Returns the step's statistics (device tensors)."""
+    if criterion is not None:  # [B, 2, 3, H, W]: H views then L views
+        images = torch.cat([images[:, 0], images[:, 1]])
+    if cfg.channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    with pfc_guard():
+        embeddings = backbone(images)
+        if criterion is not None:
+            b = threshold_at_step(cfg, step, steps_per_epoch)
+            loss, stats = criterion(embeddings.float(), labels, threshold=b)
+        else:
+            loss = pfc(embeddings.float(), labels.clone())
+            stats = {"loss": loss.detach()}
+    skipped = optimizer_step(loss, opt, scaler, backbone.parameters(), cfg.clip_grad_norm, pfc.parameters())
+    if skipped and rank == 0:
+        print(f"qgface: step {step + 1}: NaN/inf loss or gradient on some rank; step skipped on "
+              f"every rank ({nonfinite.consecutive + 1} in a row, limit {nonfinite.limit})",
+              file=sys.stderr, flush=True)
+    nonfinite.record(skipped, step + 1)
+    return stats
 
 
 def train(cfg, root: str | None = None) -> dict:
@@ -321,6 +352,7 @@ def train(cfg, root: str | None = None) -> dict:
         if rank == 0:
             print("qgface: fp16 needs a GPU; training in fp32 on the CPU", file=sys.stderr)
         cfg.fp16 = False
+    configure_device(cfg, device)
     output = Path(cfg.output)
     # every rank: each writes its checkpoint_gpu_<rank>.pt here, and on node-local disks (multi-node) the
     # other nodes' folders are not rank 0's; config.json, logs, model.pt and summary.json are rank 0's only
@@ -332,6 +364,7 @@ def train(cfg, root: str | None = None) -> dict:
     _seed_everything(cfg.seed + rank)
 
     loader = build_loader(cfg, ns, rank, world, device)
+    batches = DeviceBatches(loader, device, cfg.num_classes)
     backbone, pfc, criterion, opt = build_training(cfg, ns, world, device)
     steps_per_epoch = cfg.num_image // (cfg.batch_size * world)
     total_step = steps_per_epoch * cfg.num_epoch
@@ -352,66 +385,26 @@ def train(cfg, root: str | None = None) -> dict:
         writer = SummaryWriter(str(output / "tensorboard"))
 
     nonfinite = NonFiniteSteps(cfg.max_nonfinite_steps)
-    pfc_guard = upstream_mod.partial_fc_cpu_shim if device.type != "cuda" else contextlib.nullcontext
-    last, history, val_results, stats = {}, [], {}, None
+    progress = Progress(rank, total_step, cfg.num_epoch, cfg.frequent, cfg.batch_size * world, writer,
+                        qgface=criterion is not None)
+    step_parts = dict(cfg=cfg, steps_per_epoch=steps_per_epoch, backbone=backbone, pfc=pfc, criterion=criterion,
+                      opt=opt, scaler=scaler, nonfinite=nonfinite, rank=rank,
+                      pfc_guard=upstream_mod.partial_fc_cpu_shim if device.type != "cuda" else contextlib.nullcontext)
+    val_results, stats = {}, None
     t_start = time.time()
-    t_window, samples_window = time.time(), 0
-    rates = []
     end_epoch = min(cfg.num_epoch, cfg.stop_after_epoch or cfg.num_epoch)
     transform = getattr(loader.dataset, "transform", None)
     for epoch in range(start_epoch, end_epoch):
         loader.sampler.set_epoch(epoch)
         if hasattr(transform, "reseed"):  # main-process augmentation stream follows the (checkpointed) torch RNG
             transform.reseed(int(torch.randint(2 ** 62, (1,))))
-        for img, labels in loader:
+        for images, labels in batches:
             if step >= total_step:
                 break
-            img, labels = img.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-            if criterion is not None:  # [B, 2, 3, H, W]: H views then L views
-                img = torch.cat([img[:, 0], img[:, 1]])
-            if cfg.channels_last:
-                img = img.contiguous(memory_format=torch.channels_last)
-            with pfc_guard():
-                embeddings = backbone(img)
-                if criterion is not None:
-                    b = threshold_at_step(cfg, step, steps_per_epoch)
-                    loss, stats = criterion(embeddings.float(), labels, threshold=b)
-                else:
-                    loss = pfc(embeddings.float(), labels.clone())
-                    stats = {"loss": loss.detach()}
-            skipped = optimizer_step(loss, opt, scaler, backbone.parameters(), cfg.clip_grad_norm,
-                                     pfc.parameters())
-            if skipped and rank == 0:
-                print(f"qgface: step {step + 1}: NaN/inf loss or gradient on some rank; step skipped on "
-                      f"every rank ({nonfinite.consecutive + 1} in a row, limit {nonfinite.limit})",
-                      file=sys.stderr, flush=True)
-            nonfinite.record(skipped, step + 1)
+            stats = train_step(images, labels, step=step, **step_parts)
             sched.step()
             step += 1
-            samples_window += cfg.batch_size * world
-            if rank == 0 and (step % cfg.frequent == 0 or step == total_step):
-                last = {k: float(v) for k, v in stats.items()}  # device syncs only when logging
-                now = time.time()
-                rate = samples_window / max(now - t_window, 1e-9)
-                if step > cfg.frequent:  # the first window includes start-up
-                    rates.append(rate)
-                t_window, samples_window = now, 0
-                lr = opt.param_groups[0]["lr"]
-                eta = (total_step - step) * cfg.batch_size * world / max(rate, 1e-9)
-                parts = [f"epoch {epoch + 1}/{cfg.num_epoch}", f"step {step}/{total_step}", f"loss {last['loss']:.3f}"]
-                if criterion is not None:
-                    parts += [f"cls {last['loss_cls']:.3f}", f"con {last['loss_con']:.3f}",
-                              f"hq {100 * last['hq_fraction']:.0f}%", f"b {last['threshold']:.2f}"]
-                if nonfinite.total:
-                    parts.append(f"skipped {nonfinite.total}")
-                parts += [f"lr {lr:.4g}", f"{rate:.1f} img/s", f"ETA {_format_eta(eta)}"]
-                print("  ".join(parts), flush=True)
-                for k, v in last.items():
-                    writer.add_scalar(f"train/{k}", v, step)
-                writer.add_scalar("train/lr", lr, step)
-                writer.add_scalar("train/samples_per_s", rate, step)
-                writer.add_scalar("train/skipped_steps", nonfinite.total, step)
-                history.append({"step": step, **last})
+            progress.step(step, epoch, stats, opt.param_groups[0]["lr"], nonfinite.total)
             if val_sets and step % cfg.verbose == 0:
                 val_results = _verify_and_log(val_sets, ns, backbone, device, writer, step)
             if cfg.verbose and step % cfg.verbose == 0:
@@ -421,18 +414,18 @@ def train(cfg, root: str | None = None) -> dict:
         if rank == 0:
             _atomic_save(backbone.module.state_dict(), output / "model.pt")
         dist.barrier()
-    if stats is not None:
-        last = {k: float(v) for k, v in stats.items()}
+    last = {k: float(v) for k, v in stats.items()} if stats is not None else progress.last
     if val_sets and step % cfg.verbose != 0:
         val_results = _verify_and_log(val_sets, ns, backbone, device, writer, step)
     summary = {
         "config": cfg.config_name, "loss_name": cfg.loss, "network": cfg.network, "world_size": world,
         "device": str(device), "steps": step, "epochs": end_epoch,
-        "num_epoch": cfg.num_epoch, "final": last,
-        "samples_per_s": float(np.median(rates)) if rates else None, "wall_s": round(time.time() - t_start, 1),
+        "num_epoch": cfg.num_epoch, "final": last, **progress.summary(),
+        "images_per_step": cfg.batch_size * world,
+        "rows_per_step": cfg.batch_size * world * (2 if criterion is not None else 1),
+        **peak_memory(device), "wall_s": round(time.time() - t_start, 1),
         "verification": val_results, "model": str(output / "model.pt"), "output": str(output),
-        "nonfinite_steps": nonfinite.summary(),
-        "history": history,
+        "nonfinite_steps": nonfinite.summary(), "history": progress.history,
     }
     if rank == 0:
         with open(output / "summary.json", "w") as f:

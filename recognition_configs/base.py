@@ -40,6 +40,8 @@ config.gradient_acc = 1                # only 1 is supported
 config.clip_grad_norm = 5.0            # backbone gradient clipping (upstream hard-codes 5)
 config.max_nonfinite_steps = 20        # a NaN/inf loss or gradient skips the step on every rank; stop after this many in a row
 config.channels_last = False           # NHWC memory format for the backbone (faster convolutions on CPU)
+config.tf32 = True                     # GPU: TF32 matrix products and convolutions (Ampere and newer; tools/train.py)
+config.loader_uint8 = True             # loader workers ship uint8 images, normalised on the device (tools/train.py)
 
 # ---- Partial FC ------------------------------------------------------------------------------
 config.sample_rate = 1.0               # fraction of negative class centres per step

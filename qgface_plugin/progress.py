@@ -43,12 +43,15 @@ class Progress:
     def __init__(self, rank, total_step, num_epoch, frequent, images_per_step, writer=None, qgface=True):
         self.rank, self.total_step, self.num_epoch, self.frequent = rank, total_step, num_epoch, frequent
         self.images_per_step, self.writer, self.qgface = images_per_step, writer, qgface
-        self.history, self.rates, self.step_times, self.last = [], [], [], {}
-        self._t_window, self._steps_window = time.time(), 0
+        self.history, self.rates, self.step_times, self.data_waits, self.last = [], [], [], [], {}
+        self._t_window, self._steps_window, self._wait_window = time.time(), 0, 0.0
 
-    def step(self, step: int, epoch: int, stats: dict | None, lr: float, skipped_total: int = 0) -> None:
-        """After step ``step`` (1-based count of steps taken) of 0-based ``epoch``."""
+    def step(self, step: int, epoch: int, stats: dict | None, lr: float, skipped_total: int = 0,
+             data_wait: float = 0.0) -> None:
+        """After step ``step`` (1-based count of steps taken) of 0-based ``epoch``; ``data_wait``:
+        seconds this step waited for its batch."""
         self._steps_window += 1
+        self._wait_window += data_wait
         if self.rank != 0 or not (step % self.frequent == 0 or step == self.total_step):
             return
         self.last = {k: float(v) for k, v in (stats or {}).items()}  # the device syncs, when logging only
@@ -58,7 +61,8 @@ class Progress:
         if step > self.frequent:  # the first window includes start-up
             self.rates.append(rate)
             self.step_times.append(elapsed / self._steps_window)
-        self._t_window, self._steps_window = now, 0
+            self.data_waits.append(self._wait_window / self._steps_window)
+        self._t_window, self._steps_window, self._wait_window = now, 0, 0.0
         eta = (self.total_step - step) * self.images_per_step / max(rate, 1e-9)
         parts = [f"epoch {epoch + 1}/{self.num_epoch}", f"step {step}/{self.total_step}",
                  f"loss {self.last.get('loss', float('nan')):.3f}"]
@@ -79,5 +83,7 @@ class Progress:
 
     def summary(self) -> dict:
         """Speed figures for ``summary.json`` (medians over the logged windows after the first)."""
-        return {"samples_per_s": statistics.median(self.rates) if self.rates else None,
-                "step_s": statistics.median(self.step_times) if self.step_times else None}
+        def median(values):
+            return statistics.median(values) if values else None
+        return {"samples_per_s": median(self.rates), "step_s": median(self.step_times),
+                "data_wait_s": median(self.data_waits)}

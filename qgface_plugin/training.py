@@ -398,13 +398,16 @@ def train(cfg, root: str | None = None) -> dict:
         loader.sampler.set_epoch(epoch)
         if hasattr(transform, "reseed"):  # main-process augmentation stream follows the (checkpointed) torch RNG
             transform.reseed(int(torch.randint(2 ** 62, (1,))))
-        for images, labels in batches:
+        batch_iter, t_wait = iter(batches), time.perf_counter()
+        for images, labels in batch_iter:
+            data_wait = time.perf_counter() - t_wait
             if step >= total_step:
                 break
             stats = train_step(images, labels, step=step, **step_parts)
             sched.step()
             step += 1
-            progress.step(step, epoch, stats, opt.param_groups[0]["lr"], nonfinite.total)
+            progress.step(step, epoch, stats, opt.param_groups[0]["lr"], nonfinite.total, data_wait)
+            t_wait = time.perf_counter()
             if val_sets and step % cfg.verbose == 0:
                 val_results = _verify_and_log(val_sets, ns, backbone, device, writer, step)
             if cfg.verbose and step % cfg.verbose == 0:
@@ -425,7 +428,8 @@ def train(cfg, root: str | None = None) -> dict:
         "rows_per_step": cfg.batch_size * world * (2 if criterion is not None else 1),
         **peak_memory(device), "wall_s": round(time.time() - t_start, 1),
         "verification": val_results, "model": str(output / "model.pt"), "output": str(output),
-        "nonfinite_steps": nonfinite.summary(), "history": progress.history,
+        "nonfinite_steps": nonfinite.summary(), "grad_scale": scaler.get_scale() if amp else None,
+        "history": progress.history,
     }
     if rank == 0:
         with open(output / "summary.json", "w") as f:

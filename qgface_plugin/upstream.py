@@ -414,6 +414,21 @@ def _import_modules(root: Path) -> dict:
         return mods
 
 
+#: arcface_torch's own modules (imported under these top-level names), for warning filters.
+_UPSTREAM_MODULES = r"^(dataset|partial_fc_v2|partial_fc|losses|lr_scheduler|backbones(\..*)?|eval(\..*)?|utils(\..*)?)$"
+#: deprecation warnings upstream's code draws on current torch at every start (not ours to fix:
+#: upstream is pinned and copied nowhere); hidden for upstream's modules only.
+_UPSTREAM_NOISE = (r"`torch\.cuda\.amp\.autocast\(args\.\.\.\)` is deprecated",
+                   r"`torch\.cuda\.amp\.GradScaler\(args\.\.\.\)` is deprecated",
+                   r"Decorating classes is deprecated")
+
+
+def quiet_upstream_warnings() -> None:
+    """Hide upstream's known deprecation warnings (raised from arcface_torch's modules only)."""
+    for message in _UPSTREAM_NOISE:
+        warnings.filterwarnings("ignore", message=message, category=FutureWarning, module=_UPSTREAM_MODULES)
+
+
 def load(root=None) -> types.SimpleNamespace:
     """Import arcface_torch (without import-time side effects) and return what the plugin uses.
 
@@ -436,6 +451,7 @@ def load(root=None) -> types.SimpleNamespace:
     """
     root = find_root(root)
     key = str(root)
+    quiet_upstream_warnings()
     with _LOCK:
         if key in _CACHE:
             return _CACHE[key]

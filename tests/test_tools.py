@@ -22,3 +22,8 @@ def test_bench_core_quick_prints_one_json_line_with_every_figure():
     for key in ("two_view_img_per_s_per_core", "flip_only_img_per_s_per_core", "jpeg_decode_img_per_s_per_core",
                 "two_view_cost_ratio", "two_view_vs_decode_ratio"):
         assert result["transform"][key] > 0, key
+    w = result["worker_pipeline"]
+    for key in ("two_view_uint8_img_per_s_per_worker", "two_view_float_img_per_s_per_worker",
+                "flip_only_uint8_img_per_s_per_worker", "flip_only_float_img_per_s_per_worker",
+                "two_view_vs_flip_ratio", "uint8_vs_float_two_view_ratio"):
+        assert w[key] > 0, key

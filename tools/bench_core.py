@@ -11,6 +11,8 @@
 2. Transform: two-view images/s on one core against a flip-only single-view transform and against
    decoding the same image's JPEG (what each loader worker does first). CPUs of one kind differ
    about 2x in absolute speed: the ratios are the figures to compare; the CPU model is printed.
+3. A loader worker's whole job (JPEG decode + transform + collate) in images/s per worker, two-view
+   vs flip-only, with float32 batches (arcface_torch's) and uint8 batches (normalised on the device).
 
 Beside each time: the share of subnormal floats in the inputs of the step's matrix products
 (forward and backward), counted in one extra, untimed step. Many x86 CPUs compute on subnormals
@@ -193,6 +195,44 @@ def _pct(share):
     return f"{100 * share:.2g}%" if share else "0%"
 
 
+def bench_worker_pipeline(num_images, repeats, batch=64):
+    """One loader worker's whole job per image: JPEG decode + transform + collate into batches,
+    two-view vs flip-only, float32 output (arcface_torch's) vs uint8 (normalised on the device)."""
+    import cv2
+    from torch.utils.data import default_collate
+
+    from qgface_plugin.views import FlipTransform, TwoViewTransform
+
+    cv2.setNumThreads(1)
+    prev_threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    jpegs = [cv2.imencode(".jpg", im, [cv2.IMWRITE_JPEG_QUALITY, 95])[1] for im in _face_like(64)]
+    arms = {f"{name}_{out}": cls(seed=0, output=out) for name, cls in (("two_view", TwoViewTransform),
+            ("flip_only", FlipTransform)) for out in ("float", "uint8")}
+
+    def runner(t):
+        def run():
+            items = []
+            for i in range(num_images):
+                img = cv2.cvtColor(cv2.imdecode(jpegs[i % len(jpegs)], cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+                items.append((t(img), i))
+                if len(items) == batch:
+                    default_collate(items)
+                    items = []
+        return run
+
+    runners = [runner(t) for t in arms.values()]
+    for fn in runners:
+        fn()
+    times = dict(zip(arms, _median_times(runners, repeats)))
+    torch.set_num_threads(prev_threads)
+    out = {f"{k}_img_per_s_per_worker": round(num_images / v, 1) for k, v in times.items()}
+    out["two_view_vs_flip_ratio"] = round(times["two_view_uint8"] / times["flip_only_uint8"], 3)
+    out["uint8_vs_float_two_view_ratio"] = round(times["two_view_uint8"] / times["two_view_float"], 3)
+    out["batch"] = batch
+    return out
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--classes", type=int, nargs="+", default=[8192, 65536], help="C = K values")
@@ -224,6 +264,13 @@ def main(argv=None):
           f"{t['two_view_vs_decode_ratio']:.2f}x that of decoding the image's JPEG; per core on "
           f"{result['cpu']}: two-view {t['two_view_img_per_s_per_core']:.0f} images/s, flip-only "
           f"{t['flip_only_img_per_s_per_core']:.0f}, JPEG decode {t['jpeg_decode_img_per_s_per_core']:.0f}")
+    w = bench_worker_pipeline(args.images, args.repeats)
+    result["worker_pipeline"] = w
+    print(f"One loader worker (decode + transform + collate, batches of {w['batch']}): two-view "
+          f"{w['two_view_uint8_img_per_s_per_worker']:.0f} images/s with uint8 batches "
+          f"({w['two_view_float_img_per_s_per_worker']:.0f} with float32), flip-only "
+          f"{w['flip_only_uint8_img_per_s_per_worker']:.0f} ({w['flip_only_float_img_per_s_per_worker']:.0f}); "
+          f"two-view {w['two_view_vs_flip_ratio']:.2f}x the time of flip-only")
     print(json.dumps(result))
     return result
 

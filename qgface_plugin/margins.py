@@ -40,40 +40,71 @@ ADAFACE_EPS = 1e-3
 
 
 def _target_index(logits: torch.Tensor, labels: torch.Tensor):
-    """Rows whose label is on this shard, and their label columns (a device sync: nonzero)."""
+    """Which rows have their label on this shard, and each row's label column (0 where it has
+    none): fixed shapes, no device sync."""
     labels = labels.reshape(-1)
     if labels.shape[0] != logits.shape[0]:
         raise QGFaceInputError(f"margin got {logits.shape[0]} logit rows but {labels.shape[0]} labels")
-    rows = torch.nonzero(labels != -1, as_tuple=True)[0]
-    return rows, labels.index_select(0, rows).long()
+    labels = labels.long()
+    return labels >= 0, labels.clamp_min(0)
+
+
+def _pack_bits(mask: torch.Tensor) -> torch.Tensor:
+    """A bool tensor as ``ceil(numel / 8)`` uint8 bytes (bit k of byte j = element k·m + j)."""
+    flat = mask.reshape(-1).view(torch.uint8)
+    m = -(-flat.numel() // 8)
+    if m * 8 != flat.numel():
+        flat = torch.cat([flat, flat.new_zeros(m * 8 - flat.numel())])
+    blocks = flat.view(8, m)
+    packed = blocks[0].clone()
+    for k in range(1, 8):
+        packed.bitwise_or_(blocks[k] << k)
+    return packed
+
+
+def _unpack_bits(packed: torch.Tensor, shape) -> torch.Tensor:
+    """Inverse of :func:`_pack_bits`: the bool tensor of ``shape``."""
+    out = torch.empty((8, packed.numel()), dtype=torch.uint8, device=packed.device)
+    for k in range(8):
+        torch.bitwise_and(packed >> k, 1, out=out[k])
+    return out.view(-1)[:math.prod(shape)].view(torch.bool).view(shape)
 
 
 class _MarginLogits(torch.autograd.Function):
     """Fused margin edit: ``out = r_i · clamp(cos, lo, hi)`` with target entries set to ``r_i · t'_i``.
 
-    ``r`` is the per-row scale (s, or s times the quality gate). Backward is one pass:
-    ``r_i · grad`` where the clamp did not bite, ``r_i · dt'/dt · grad`` at the targets.
+    ``r`` is the per-row scale (s, or s times the quality gate); ``has_target`` marks the rows whose
+    label column ``cols`` is on this shard (the others are not edited). Backward is one pass:
+    ``r_i · grad`` where the clamp did not bite, ``r_i · dt'/dt · grad`` at the targets. With
+    ``mask_clip`` the entries the clamp bit are kept for backward as a bit mask (1/32 of the fp32
+    logits); without it the clamp is taken not to bite (cosines in [−1, 1] and a [−1, 1] clamp).
+    Everything has fixed shapes: no device sync.
     """
 
     @staticmethod
-    def forward(ctx, cos, rows, cols, target, d_target, row_scale, lo, hi):
+    def forward(ctx, cos, has_target, cols, target, d_target, row_scale, lo, hi, mask_clip):
         out = cos.clamp(lo, hi)                                         # N x C, new tensor
-        clipped = torch.nonzero(out != cos, as_tuple=True)              # usually empty
+        clipped = _pack_bits(out != cos) if mask_clip else None         # usually all False
         row_scale = row_scale.to(out.dtype).expand(cos.shape[0])
         out.mul_(row_scale.unsqueeze(1))
-        scale_t = row_scale.index_select(0, rows)
-        out.index_put_((rows, cols), target.to(out.dtype) * scale_t)
-        ctx.save_for_backward(rows, cols, (d_target * scale_t).to(out.dtype), row_scale, *clipped)
+        idx = cols.unsqueeze(1)
+        edited = torch.where(has_target, target.to(out.dtype) * row_scale, out.gather(1, idx).squeeze(1))
+        out.scatter_(1, idx, edited.unsqueeze(1))
+        ctx.shape = cos.shape
+        ctx.save_for_backward(has_target, idx, (d_target * row_scale).to(out.dtype), row_scale,
+                              *(() if clipped is None else (clipped,)))
         return out
 
     @staticmethod
     def backward(ctx, grad):
-        rows, cols, d_scaled, row_scale, *clipped = ctx.saved_tensors
+        has_target, idx, d_scaled, row_scale, *clipped = ctx.saved_tensors
         grad_in = grad * row_scale.unsqueeze(1)
-        if clipped and clipped[0].numel():
-            grad_in.index_put_(tuple(clipped), grad_in.new_zeros(()))
-        grad_in.index_put_((rows, cols), grad[rows, cols] * d_scaled)
-        return grad_in, None, None, None, None, None, None, None
+        if clipped:
+            grad_in.masked_fill_(_unpack_bits(clipped[0], ctx.shape), 0.0)
+        at_target = torch.where(has_target, grad.gather(1, idx).squeeze(1) * d_scaled,
+                                grad_in.gather(1, idx).squeeze(1))
+        grad_in.scatter_(1, idx, at_target.unsqueeze(1))
+        return grad_in, None, None, None, None, None, None, None, None
 
 
 class QualityMargin(nn.Module):
@@ -83,6 +114,11 @@ class QualityMargin(nn.Module):
     and the cosine clamp range; ``straight_through = True`` gives the target the gradient of
     s·cos θ (upstream ArcFace). Call :meth:`set_quality` before each forward when the margin needs
     quality (AdaFace) or the gate is wanted; it is consumed by that forward.
+
+    The input is cosines in [−1, 1], as Partial FC and the classifiers clamp them. A [−1, 1] clamp
+    (ArcFace, CosFace) then never bites and no clip mask is kept; a narrower one (AdaFace's
+    [−1+ε, 1−ε]) keeps one bit per logit for backward. The forward and backward have fixed shapes
+    and need no host sync.
     """
 
     needs_quality = False
@@ -129,9 +165,9 @@ class QualityMargin(nn.Module):
                     f"margin {name} was set for {t.shape[0]} rows but the logits have {logits.shape[0]}")
         if self.needs_quality and ms is None:
             raise QGFaceInputError(f"{type(self).__name__} needs set_quality() before each call")
-        rows, cols = _target_index(logits, labels)
-        ms_t = ms.index_select(0, rows).to(logits.dtype) if ms is not None else None
-        t = logits.detach()[rows, cols]
+        has_target, cols = _target_index(logits, labels)
+        ms_t = ms.to(logits.dtype) if ms is not None else None
+        t = logits.detach().gather(1, cols.unsqueeze(1)).squeeze(1)  # every row; used where has_target
         if self.straight_through:
             new, d_new = self.target_logit(t, ms_t), torch.ones_like(t)
         else:  # exact derivative of the (elementwise) target edit, on the target vector only
@@ -140,8 +176,10 @@ class QualityMargin(nn.Module):
                 new = self.target_logit(t, ms_t)
                 (d_new,) = torch.autograd.grad(new.sum(), t)
             new = new.detach()
-        row_scale = logits.new_tensor([self.s]) if gate is None else self.s * gate
-        return _MarginLogits.apply(logits, rows, cols, new, d_new, row_scale, *self.clamp)
+        # a fill, not a tensor from host data (that would be a blocking host-to-device copy)
+        row_scale = logits.new_full((1,), self.s) if gate is None else self.s * gate
+        return _MarginLogits.apply(logits, has_target, cols, new, d_new, row_scale, *self.clamp,
+                                   self.clamp != (-1.0, 1.0))
 
     def target_logit(self, t: torch.Tensor, ms: torch.Tensor | None) -> torch.Tensor:  # pragma: no cover
         """Margin-edited target cosine from the target cosine ``t [n]`` (before scaling)."""

@@ -170,3 +170,31 @@ def test_matches_upstream_combined_margin_loss(margin_list):
     (ga,) = torch.autograd.grad((ours * g).sum(), ours_in)
     (gb,) = torch.autograd.grad((ref * g).sum(), ref_in)
     assert torch.allclose(ga, gb, atol=1e-4)
+
+
+@pytest.mark.parametrize("n,c", [(7, 5), (3, 16)])  # 35 logits (not a multiple of 8) and 48
+def test_adaface_clamp_zeroes_the_gradient_where_it_bites(n, c):
+    """Cosines beyond AdaFace's [-1+eps, 1-eps] (targets and others) get AdaFace's values and no
+    gradient; the entries the clamp bit are kept as a bit mask for backward."""
+    torch.manual_seed(3)
+    base = torch.rand(n, c, dtype=torch.float64) * 1.6 - 0.8
+    flat = base.view(-1)
+    flat[::4] = 0.9995          # above 1 - eps
+    flat[1::6] = -0.99999       # below -1 + eps
+    flat[2::9] = 1.0
+    labels = torch.arange(n) % c
+    labels[1] = -1
+    ms = torch.rand(n, dtype=torch.float64) * 2 - 1
+    cos = base.clone().requires_grad_()
+    margin = AdaFaceMargin(s=8.0)
+    margin.set_quality(quality(ms), gate=False)
+    ours = margin(cos, labels)
+    ref_in = base.clone().requires_grad_()
+    ref = adaface_reference(ref_in, labels, ms, s=8.0)
+    torch.testing.assert_close(ours, ref, atol=1e-9, rtol=0)
+    g = torch.randn(n, c, dtype=torch.float64)
+    (ga,) = torch.autograd.grad((ours * g).sum(), cos)
+    (gb,) = torch.autograd.grad((ref * g).sum(), ref_in)
+    torch.testing.assert_close(ga, gb, atol=1e-8, rtol=0)
+    bites = (base > 1 - 1e-3) | (base < -1 + 1e-3)
+    assert bites.sum() > 5 and (ga[bites] == 0).all()

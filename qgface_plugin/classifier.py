@@ -14,7 +14,8 @@ Two ways to keep LQ rows out of classification (``hq_mode``):
   the loss is the mean over all rows.
 * ``"subset"``: only rows with q̂ ≥ b are classified, the loss is the mean over the HQ rows of the
   global batch. Cleaner (no ln C floor from gated rows); no rows → a zero loss that still touches
-  every parameter.
+  every parameter. Computed with fixed shapes (every row's loss, the LQ rows' set to 0, divided by
+  the global HQ count on the device), so it needs no host sync.
 
 :class:`MarginClassifier` is the single-shard reference (each rank holds all C centres, e.g. under
 DDP); the arcface_torch adapter subclasses ``PartialFC_V2`` with the same contract.
@@ -43,7 +44,10 @@ def check_hq_mode(mode: str) -> str:
 
 
 def check_labels(labels: torch.Tensor, num_classes: int, where: str = "batch") -> None:
-    """Raise if any label is outside [0, num_classes) (one device sync)."""
+    """Raise if any label is outside [0, num_classes) (one device sync: the host reads the range).
+
+    A training loop that checks its labels on the host before copying them to the device can skip
+    this per-step check (``QGFaceLoss(check_labels=False)``)."""
     if labels.numel() == 0:
         return
     lo, hi = (int(v) for v in torch.aminmax(labels))
@@ -106,21 +110,13 @@ class MarginClassifier(nn.Module):
         return F.cross_entropy(self.margin_softmax(logits, labels), labels)
 
     def _subset_loss(self, embeddings, labels, weight, quality, local_q):
-        n_hq_global = int(quality.hq.sum())          # identical on every rank
-        keep = torch.nonzero(local_q.hq, as_tuple=True)[0]
-        # every parameter in the graph; summed in fp32 (an fp16 sum overflows to inf, and 0 * inf is NaN)
-        touch = 0.0 * (at_least_fp32(embeddings).sum() + at_least_fp32(self.weight).sum())
-        if n_hq_global == 0 or keep.numel() == 0:
-            return touch
-        emb = F.normalize(at_least_fp32(embeddings.index_select(0, keep)), dim=1)
-        y = labels.index_select(0, keep)
-        logits = F.linear(emb, weight).clamp(-1, 1)
-        self.margin_softmax.set_quality(_rows(local_q, keep), gate=False)
-        total = F.cross_entropy(self.margin_softmax(logits, y), y, reduction="sum")
+        # Fixed shapes: every row is classified and the LQ rows' losses are dropped (exactly 0, no
+        # gradient), so nothing waits for the mask's values on the host. The loss reaches every
+        # parameter through the logits, also when no row is HQ (it is then exactly 0).
+        n_hq_global = quality.hq.sum().clamp_min(1)   # identical on every rank; a device tensor
+        logits = F.linear(F.normalize(at_least_fp32(embeddings), dim=1), weight).clamp(-1, 1)
+        self.margin_softmax.set_quality(local_q, gate=False)
+        row_loss = F.cross_entropy(self.margin_softmax(logits, labels), labels, reduction="none")
+        total = torch.where(local_q.hq, row_loss, 0.0).sum()
         # sum over local HQ rows / (global HQ rows / W): DDP's average gives the global HQ mean
-        return total * (dist.world_size() / n_hq_global) + touch
-
-
-def _rows(q: Quality, idx: torch.Tensor) -> Quality:
-    return Quality(q.ms.index_select(0, idx), q.qhat.index_select(0, idx), q.hq.index_select(0, idx),
-                   q.threshold, 0, idx.numel())
+        return total * dist.world_size() / n_hq_global

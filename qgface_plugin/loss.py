@@ -66,6 +66,10 @@ class QGFaceLoss(nn.Module):
             per step). Off by default: such a batch leaves the quality statistics and the queue as
             they were, ``stats["finite"]`` is False and the loss is non-finite, so a GradScaler or
             the plugin loop skips the step.
+        check_labels: raise on labels outside ``[0, num_classes)`` of any rank, checked on the
+            gathered labels each step (one device sync per step). A loop that checks the labels on
+            the host before copying them to the device passes False: the step then needs no host
+            sync at all (with ``check_finite=False``).
     """
 
     def __init__(self, classifier: nn.Module, embedding_size: int, queue_size: int | None = None,
@@ -74,7 +78,7 @@ class QGFaceLoss(nn.Module):
                  stats_init: str = "zeros", weight_method: str = "sgn", weight_range: str = "half",
                  pair_quality: str = "low", mask: str = "label", symmetric: bool = True,
                  detach_positive: bool = False, rescale: bool = True, proxy_correction: bool = True,
-                 check_finite: bool = False):
+                 check_finite: bool = False, check_labels: bool = True):
         super().__init__()
         for attr in ("weight", "class_start", "num_local"):
             if not hasattr(classifier, attr):
@@ -104,6 +108,7 @@ class QGFaceLoss(nn.Module):
         self.contrastive_weight, self.contrastive_scale = float(contrastive_weight), float(contrastive_scale)
         self.weight_method, self.weight_range, self.pair_quality = weight_method, weight_range, pair_quality
         self.mask, self.symmetric, self.detach_positive, self.rescale = mask, symmetric, detach_positive, rescale
+        self.check_labels = bool(check_labels)
 
     def extra_repr(self) -> str:
         return (f"lambda={self.contrastive_weight}, s_con={self.contrastive_scale}, "
@@ -147,8 +152,8 @@ class QGFaceLoss(nn.Module):
         world = packed.shape[0] // two_b
         packed = packed.view(world, 2, b, dim + 1).transpose(0, 1).reshape(-1, dim + 1)  # [H all; L all]
         global_labels = packed[:, dim].long()
-        if self.num_classes is not None:
-            check_labels(global_labels, self.num_classes)
+        if self.check_labels and self.num_classes is not None:
+            check_labels(global_labels, self.num_classes)  # the step's one host sync, when asked for
 
         # 2. HQ branch
         loss_cls = self.classifier(embeddings, labels2, quality)
@@ -157,7 +162,8 @@ class QGFaceLoss(nn.Module):
         lookup = partial(fetch_centres, weight=self.classifier.weight,
                          class_start=self.classifier.class_start, num_local=self.classifier.num_local,
                          num_classes=self.num_classes,
-                         check=self.num_classes is None)  # else the labels were checked on entry
+                         # the labels were checked on entry (or on the host, check_labels=False)
+                         check=self.check_labels and self.num_classes is None)
         if self.training:
             keys, slots = self.queue.enqueue_and_correct(packed[:, :dim], global_labels, lookup,
                                                          valid=quality.finite)
@@ -179,8 +185,9 @@ class QGFaceLoss(nn.Module):
             "loss": loss.detach(), "loss_cls": loss_cls.detach(), "loss_con": loss_con.detach(),
             "hq_fraction": quality.hq.float().mean(), "contrast_fraction": (w > 0).float().mean(),
             "norm_mean": self.partition.mean.detach().clone(), "norm_std": self.partition.std.detach().clone(),
-            "queue_fill": torch.tensor(self.queue.filled / self.queue.size),
-            "threshold": torch.tensor(quality.threshold),
+            # host scalars as CPU tensors, made by a fill (no tensor from host data)
+            "queue_fill": torch.full((), self.queue.filled / self.queue.size),
+            "threshold": torch.full((), quality.threshold),
             "finite": quality.finite,
         }
         return loss, stats

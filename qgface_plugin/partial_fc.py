@@ -9,12 +9,15 @@ upstream's. The forward gains the classifier contract of :mod:`qgface_plugin.cla
 * ``quality=None``: exactly upstream's forward (margin without quality).
 * ``hq_mode="gate"``: the margin receives the quality of the **global** batch, which is ordered as
   Partial FC gathers it (rank 0's rows first), then upstream's forward runs unchanged.
-* ``hq_mode="subset"``: the global HQ rows are selected after the gather with the global mask, so
-  every rank indexes the same rows and every collective keeps matching shapes; negatives are
-  sampled from the kept labels only. No HQ row anywhere (decided from the global mask, so on
-  every rank alike): a zero loss that still reaches every parameter, through the local embeddings
-  and no collective. Upstream's ``AllGather`` backward (× world size) and DDP's average cancel, as for
-  upstream's own loss.
+* ``hq_mode="subset"``: the loss is the mean over the HQ rows of the global batch (the global mask
+  is the same on every rank). It is computed with fixed shapes, so the plugin's part of the step
+  needs no host sync: every gathered row is scored, LQ rows are "not on this shard" (label −1) for
+  the margin and the sampling (negatives are sampled from the HQ rows' classes only), and a
+  masked distributed cross-entropy divides the HQ rows' sum by the global HQ count (a device
+  tensor, at least 1). Every rank runs the same collectives whatever the mask. No HQ row anywhere:
+  a zero loss whose (zero) gradient still reaches every parameter. Upstream's ``AllGather``
+  backward (× world size) and DDP's average cancel, as for upstream's own loss. (Upstream's
+  sampling, ``sample_rate < 1``, still syncs: ``torch.unique``, bool-mask indexing, ``.cuda()``.)
 """
 from __future__ import annotations
 
@@ -71,33 +74,63 @@ def qgface_partial_fc(upstream_module):
                 raise RuntimeError(f"Partial FC needs a constant batch size: {self.last_batch_size} vs {batch_size}")
             device = local_embeddings.device
             local_embeddings = local_embeddings.float()
-            # The zero term that keeps every parameter in the graph (DDP's static graph) reads the *local*
-            # embeddings: a sum's gradient is a stride-0 expanded tensor, which upstream's AllGather backward
-            # would reduce and scale in place (a RuntimeError on one process, heap corruption on gloo ranks).
-            # What reaches the gather below comes from index_select only: a dense tensor.
-            touch = 0.0 * (local_embeddings.sum() + self.weight.sum())
-            keep = torch.nonzero(quality.hq, as_tuple=True)[0]                        # same on every rank
-            if keep.numel() == 0:  # no HQ row on any rank: every rank returns here, no collective at all
-                return touch
+            # Fixed shapes: every global row is gathered and scored, the LQ rows weigh 0 in the loss
+            # (no host sync on the mask, the same collectives on every rank whatever the mask). The
+            # loss reaches every parameter through the logits, also when no row is HQ (it is then 0).
             gathered = [torch.zeros((batch_size, self.embedding_size), device=device) for _ in range(self.world_size)]
             embeddings = torch.cat(all_gather(local_embeddings, *gathered))           # W*B x D, with grad
             labels = [torch.zeros(batch_size, dtype=torch.long, device=device) for _ in range(self.world_size)]
             torch_dist.all_gather(labels, local_labels)
-            embeddings = embeddings.index_select(0, keep)
-            labels = torch.cat(labels).index_select(0, keep).view(-1, 1)
-            positive = (self.class_start <= labels) & (labels < self.class_start + self.num_local)
-            labels[~positive] = -1
-            labels[positive] -= self.class_start
+            labels = torch.cat(labels).view(-1, 1)
+            hq = quality.hq.view(-1, 1)                                               # same on every rank
+            # LQ rows count as "no class here" (-1) for the margin and the sampling (negatives are
+            # sampled from the HQ rows' classes), and weigh 0 in the loss: they are never trained
+            positive = (self.class_start <= labels) & (labels < self.class_start + self.num_local) & hq
+            labels = torch.where(positive, labels - self.class_start, -1)
             weight = self.sample(labels, positive) if self.sample_rate < 1 else self.weight
             with torch.autocast(device_type=device.type, enabled=self.fp16):
                 logits = linear(normalize(embeddings), normalize(weight))
             logits = logits.float().clamp(-1, 1)
-            kept = Quality(quality.ms.index_select(0, keep), quality.qhat.index_select(0, keep),
-                           quality.hq.index_select(0, keep), quality.threshold, 0, keep.numel())
-            self.margin_softmax.set_quality(kept, gate=False)
+            self.margin_softmax.set_quality(quality, gate=False)
             logits = self.margin_softmax(logits, labels)
-            return self.dist_cross_entropy(logits, labels) + touch
+            return _MaskedDistCrossEntropy.apply(logits, labels, quality.hq)
 
     QGFacePartialFC.__qualname__ = QGFacePartialFC.__name__ = "QGFacePartialFC"
     _CLASSES[upstream_module] = QGFacePartialFC
     return QGFacePartialFC
+
+
+class _MaskedDistCrossEntropy(torch.autograd.Function):
+    """Mean cross-entropy over the rows with ``row_mask`` of class-sharded logits, with fixed shapes.
+
+    ``logits [N, C_local]`` hold this rank's classes of every global row; ``labels [N, 1]`` the local
+    column of each row's class, −1 where the class is on another rank (or the row is masked out).
+    Three all-reduces (row max, row sum of exponentials, target probability), as upstream's
+    ``DistCrossEntropy``; the loss is Σ_{mask} −log max(p_target, 1e-30) / max(1, Σ mask), the
+    same on every rank. The logits are overwritten with the probabilities (the margin's fresh output,
+    used by nothing else), which backward turns into the gradient in place.
+    """
+
+    @staticmethod
+    def forward(ctx, logits, labels, row_mask):
+        labels = labels.view(-1, 1)
+        max_logits = logits.amax(dim=1, keepdim=True)
+        torch_dist.all_reduce(max_logits, torch_dist.ReduceOp.MAX)
+        logits.sub_(max_logits).exp_()
+        sum_exp = logits.sum(dim=1, keepdim=True)
+        torch_dist.all_reduce(sum_exp, torch_dist.ReduceOp.SUM)
+        logits.div_(sum_exp)                                                   # probabilities
+        here = labels.view(-1) >= 0
+        idx = labels.clamp_min(0)
+        p_target = torch.where(here, logits.gather(1, idx).squeeze(1), 0.0)
+        torch_dist.all_reduce(p_target, torch_dist.ReduceOp.SUM)
+        row_weight = row_mask.to(logits.dtype) / row_mask.sum().clamp_min(1)  # 1/n_HQ or 0
+        loss = (row_weight * -p_target.clamp_min(1e-30).log()).sum()
+        ctx.save_for_backward(logits, idx, here, row_weight)
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad):
+        probs, idx, here, row_weight = ctx.saved_tensors
+        probs.scatter_(1, idx, probs.gather(1, idx) - here.to(probs.dtype).unsqueeze(1))  # − one-hot
+        return probs.mul_(row_weight.unsqueeze(1) * grad), None, None

@@ -119,3 +119,50 @@ def test_subset_mode_equals_whole_batch_cross_entropy(results, name):
         start = r["class_start"]
         torch.testing.assert_close(r["weight_grad"], ref_weight_grad[start:start + C // world],
                                    rtol=1e-4, atol=1e-6)
+
+
+SAMPLED_HQ_ROWS = [0, 5, 7]  # classes 0 and 1: rank 1 (world 2) samples a random negative
+
+
+def subset_sampled_run(rank: int, world: int) -> dict:
+    """hq_mode="subset" with sample_rate 0.5: loss, gradients and the sampled classes of this rank."""
+    from qgface_plugin.margins import build_margin
+    from qgface_plugin.partial_fc import qgface_partial_fc
+    ns = upstream.load(UPSTREAM_ENV)
+    cls = qgface_partial_fc(sys.modules[ns.PartialFC_V2.__module__])
+    emb, labels, weight = _inputs()
+    n = WORLD * B // world
+    torch.manual_seed(5)
+    pfc = cls(build_margin("cosface", s=S, m=M), D, C, 0.5, False, hq_mode="subset")
+    with torch.no_grad():
+        pfc.weight.copy_(weight[pfc.class_start:pfc.class_start + pfc.num_local])
+    local = emb[rank * n:(rank + 1) * n].clone().requires_grad_()
+    with upstream.partial_fc_cpu_shim():
+        loss = pfc(local, labels[rank * n:(rank + 1) * n].clone(), _quality(SAMPLED_HQ_ROWS, rank, world))
+    loss.backward()
+    return {"loss": loss.detach(), "emb_grad": local.grad.clone(), "weight_grad": pfc.weight.grad.clone(),
+            "sampled": pfc.class_start + pfc.weight_index.clone()}
+
+
+@pytest.mark.parametrize("world", [1, WORLD])
+def test_subset_mode_with_sampling_equals_cross_entropy_over_the_sampled_classes(tmp_path, world):
+    """Negatives are sampled from the HQ rows' classes only; the loss is the HQ rows' mean over the
+    sampled centres of every rank, LQ rows get no gradient, unsampled centres none either."""
+    ranks = _ddp.spawn_workers(subset_sampled_run, tmp_path, world_size=world)
+    sampled = torch.cat([r["sampled"] for r in ranks])
+    emb, labels, weight = _inputs()
+    keep = torch.tensor(SAMPLED_HQ_ROWS)
+    assert set(labels[keep].tolist()) <= set(sampled.tolist())       # every HQ row's class is sampled
+    assert len(sampled) < C                                           # and not every class
+    emb.requires_grad_()
+    weight.requires_grad_()
+    cos = F.normalize(emb[keep]) @ F.normalize(weight[sampled]).t()
+    y = (labels[keep].view(-1, 1) == sampled.view(1, -1)).float().argmax(dim=1)
+    ref = F.cross_entropy(S * (cos - M * F.one_hot(y, len(sampled))), y)
+    ref.backward()
+    n = WORLD * B // world
+    for rank, r in enumerate(ranks):
+        assert r["loss"].item() == pytest.approx(ref.item(), rel=1e-5)
+        torch.testing.assert_close(r["emb_grad"] / world, emb.grad[rank * n:(rank + 1) * n], rtol=1e-4, atol=1e-6)
+        start = rank * (C // world)
+        torch.testing.assert_close(r["weight_grad"], weight.grad[start:start + C // world], rtol=1e-4, atol=1e-6)

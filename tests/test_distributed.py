@@ -13,7 +13,9 @@ the whole global batch. Checked:
   and both masks (K = 37 > 16 rows per step, so old entries survive and carry a proxy correction;
   one extra K = 13 run covers the oversized-batch path); the queue's centre snapshots are W[y]
   whatever the world size, so a queue checkpointed by 2 ranks resumes on 1 process;
-* an out-of-range label on one rank raises ``QGFaceInputError`` on every rank (no hang).
+* an out-of-range label on one rank raises ``QGFaceInputError`` on every rank (no hang);
+* the centre all-reduce in bf16 (``centre_dtype="bfloat16"``): corrected keys and the contrastive loss
+  within the bound derived from bf16's 8 significant bits, fresh entries exact.
 """
 from __future__ import annotations
 
@@ -22,9 +24,10 @@ from functools import partial
 import pytest
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from torch import nn
 
-from qgface_plugin import (MarginClassifier, ProxyQueue, QGFaceInputError, QGFaceLoss,
+from qgface_plugin import (MarginClassifier, ProxyQueue, QGFaceConfigError, QGFaceInputError, QGFaceLoss,
                            QualityPartition, build_margin, fetch_centres)
 from qgface_plugin.dist import gather_nograd
 
@@ -410,3 +413,121 @@ def test_label_out_of_range_on_one_rank_raises_on_every_rank(tmp_path):
         assert str(BAD_LABEL) in res["message"], f"rank {rank} message does not name the label: {res}"
         assert res["sync"] == 3.0, f"rank {rank}: ranks out of step after the error: {res}"
         assert res["queue_filled"] == 0, f"rank {rank}: the bad batch reached the queue"
+
+
+# ------------------------------------------------------------------------------------------------
+# 5. The centre all-reduce in bf16 (qgface_centre_dtype = "bfloat16") against fp32
+# ------------------------------------------------------------------------------------------------
+# bf16 keeps 8 significant bits: rounding to nearest moves each element by at most U = 2**-8 of
+# itself, so a fetched centre c~ = bf16(c) has ||c~ - c|| <= U ||c||. A queue entry's snapshot s~ came
+# from an earlier bf16 fetch too, and its inverse norm is that of s~. For the corrected key
+# e + (c - s) / ||s|| the difference bf16 - fp32 is
+#     [(c~ - c) - (s~ - s)] / ||s~||  +  (c - s) (1/||s~|| - 1/||s||),
+# with ||s~|| >= (1 - U) ||s|| and |1/||s~|| - 1/||s||| <= U / ((1 - U) ||s||), so
+#     ||key~ - key|| <= U / (1 - U) * (||c|| + ||s|| + ||c - s||) / ||s|| <= U / (1 - U) * (2 + 2 rho),
+# rho = ||c - s|| / ||s|| the centre's relative drift since the entry was stored (≈ 2**-7). Entries
+# stored this step have c~ = s~: their keys are exactly e in both runs. The contrastive row loss
+# log-sum-exp(z) - z_0 of logits z_j = s w c_j (c_j the clamped, masked cosine a.key_j; the positive
+# z_0 is unchanged) moves by at most sum_j p_j |dz_j| <= s w max_j |a.(key~_j - key_j)|, since the
+# softmax weights sum to at most 1 and the clamp is 1-Lipschitz; times the rescale factor and
+# averaged over rows: |L~ - L| <= factor * s * max_ij |a_i.(key~_j - key_j)| <= factor * s * max_j bound_j
+# (w <= 1). Plus fp32 rounding of the two computations (terms below the softmax cut-off are 0).
+BF_C, BF_D, BF_B, BF_K, BF_DRIFT, BF_S = 11, 32, 4, 64, 0.05, 64.0
+BF_U = 2.0 ** -8
+
+
+class _ShardedCentres(nn.Module):
+    """A Partial-FC-like classifier that only holds a weight shard (its loss is 0): the queue reads it."""
+
+    def __init__(self, shard, class_start, num_classes):
+        super().__init__()
+        self.weight = nn.Parameter(shard.clone())
+        self.class_start, self.num_local, self.num_classes = class_start, shard.shape[0], num_classes
+
+    def forward(self, embeddings, labels, quality=None):
+        return 0.0 * (embeddings.sum() + self.weight.sum())
+
+
+def _bf_weights():
+    g = torch.Generator().manual_seed(21)
+    old = torch.randn(BF_C, BF_D, generator=g) * 0.05        # Partial FC-like scale
+    drift = torch.randn(BF_C, BF_D, generator=g) * old.norm(dim=1, keepdim=True) * BF_DRIFT / BF_D ** 0.5
+    return old, old + drift
+
+
+def _bf_batch(step):
+    g = torch.Generator().manual_seed(40 + step)
+    z = torch.randn(2 * WORLD * BF_B, BF_D, generator=g) * (1 + torch.rand(2 * WORLD * BF_B, 1, generator=g))
+    return z, torch.randint(0, BF_C, (WORLD * BF_B,), generator=g)
+
+
+def centre_dtype_run(rank: int, world: int) -> dict:
+    """Two steps (the centres drift in between) with each centre dtype: loss_con per step, the keys
+    of the last step and the queue's labels; plus one fetch of every class in bf16."""
+    start, num_local = _shard(rank, world, BF_C)
+    old, now = _bf_weights()
+    out = {"fetch_bf16": fetch_centres(torch.arange(BF_C), old[start:start + num_local], start, num_local,
+                                       BF_C, transfer_dtype=torch.bfloat16)}
+    for dtype in ("float32", "bfloat16"):
+        centres = _ShardedCentres(old[start:start + num_local], start, BF_C)
+        loss_fn = QGFaceLoss(centres, BF_D, queue_size=BF_K, threshold=1.0, stats_init="first_batch",
+                             contrastive_scale=BF_S, check_labels=False, centre_dtype=dtype)
+        losses = []
+        for step in range(2):
+            if step == 1:
+                with torch.no_grad():
+                    centres.weight.copy_(now[start:start + num_local])
+            z, y = _bf_batch(step)
+            n = WORLD * BF_B // world
+            z_local = torch.cat([z[:WORLD * BF_B][rank * n:(rank + 1) * n], z[WORLD * BF_B:][rank * n:(rank + 1) * n]])
+            _, stats = loss_fn(z_local, y[rank * n:(rank + 1) * n])
+            losses.append(stats["loss_con"])
+        lookup = fetch_centres(loss_fn.queue.filled_labels(), centres.weight, start, num_local, BF_C,
+                               check=False, transfer_dtype=loss_fn.centre_dtype)
+        out[dtype] = {"loss_con": losses, "keys": loss_fn.queue.corrected(lookup),
+                      "labels": loss_fn.queue.filled_labels().clone(), "factor": loss_fn.rescale_factor}
+    return out
+
+
+def test_centre_transfer_in_bf16_is_within_its_bound(tmp_path):
+    ranks = _ddp.spawn_workers(centre_dtype_run, tmp_path)
+    old, now = _bf_weights()
+    z1, _ = _bf_batch(1)
+    anchors = F.normalize(z1, dim=1)                       # every rank's anchors of the last step
+    rows_per_step = 2 * WORLD * BF_B
+    for rank, res in enumerate(ranks):
+        assert torch.equal(res["fetch_bf16"], old.to(torch.bfloat16).float())  # exactly the rounded rows
+        a, b = res["float32"], res["bfloat16"]
+        assert torch.equal(a["labels"], b["labels"]) and a["labels"].numel() == 2 * rows_per_step
+        # step 1: every key is a fresh entry (zero correction in both): the same loss, bit for bit
+        assert torch.equal(a["loss_con"][0], b["loss_con"][0])
+        delta = b["keys"] - a["keys"]
+        assert torch.equal(delta[rows_per_step:], torch.zeros_like(delta[rows_per_step:]))  # this step's rows
+        y = a["labels"][:rows_per_step]
+        c, s = now[y], old[y]
+        rho = (c - s).norm(dim=1) / s.norm(dim=1)
+        bound = BF_U / (1 - BF_U) * (2 + 2 * rho) + 1e-6       # + fp32 rounding of the correction
+        err = delta[:rows_per_step].norm(dim=1)
+        assert (err <= bound).all(), (err / bound).max()
+        assert err.max() > 0.1 * BF_U, "bf16 changed nothing: the test would not see a wrong bound"
+        # the contrastive loss of the last step
+        diff = float((b["loss_con"][1] - a["loss_con"][1]).abs())
+        tight = a["factor"] * BF_S * float((anchors @ delta.t()).abs().max()) + 1e-5
+        loose = a["factor"] * BF_S * float(bound.max()) + 1e-5
+        assert diff <= tight <= loose, (diff, tight, loose)
+
+
+def test_centre_dtype_has_no_effect_without_a_collective():
+    old, _ = _bf_weights()
+    z, y = _bf_batch(0)
+    out = []
+    for dtype in ("float32", "bfloat16"):
+        loss_fn = QGFaceLoss(_ShardedCentres(old, 0, BF_C), BF_D, queue_size=BF_K, threshold=1.0,
+                             stats_init="first_batch", centre_dtype=dtype)
+        for step in range(2):
+            z, y = _bf_batch(step)
+            loss, _ = loss_fn(z, y)
+        out.append(loss)
+    assert torch.equal(out[0], out[1])
+    with pytest.raises(QGFaceConfigError, match="qgface_centre_dtype must be one of"):
+        QGFaceLoss(_ShardedCentres(old, 0, BF_C), BF_D, queue_size=BF_K, centre_dtype="float16")

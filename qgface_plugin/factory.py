@@ -28,8 +28,11 @@ def qgface_margin(cfg) -> QualityMargin:
     return build_margin(cfg.qgface_margin, s=cfg.qgface_s, m=cfg.qgface_m, margin_list=cfg.margin_list)
 
 
-def qgface_loss(cfg, classifier) -> QGFaceLoss:
-    """:class:`~qgface_plugin.loss.QGFaceLoss` around a Partial-FC-like classifier, from the config."""
+def qgface_loss(cfg, classifier, check_labels: bool = True) -> QGFaceLoss:
+    """:class:`~qgface_plugin.loss.QGFaceLoss` around a Partial-FC-like classifier, from the config.
+
+    ``check_labels=False`` for a loop that checks each batch's labels on the host before copying it
+    (saves the per-step label check's device sync), as :mod:`qgface_plugin.training` does."""
     return QGFaceLoss(
         classifier, cfg.embedding_size, queue_size=cfg.qgface_queue_size, threshold=cfg.qgface_threshold,
         contrastive_weight=cfg.qgface_lambda, contrastive_scale=cfg.qgface_contrastive_scale,
@@ -37,7 +40,8 @@ def qgface_loss(cfg, classifier) -> QGFaceLoss:
         weight_method=cfg.qgface_weight_method, weight_range=cfg.qgface_weight_range,
         pair_quality=cfg.qgface_pair_quality, mask=cfg.qgface_mask, symmetric=cfg.qgface_symmetric,
         detach_positive=cfg.qgface_detach_positive, rescale=cfg.qgface_rescale,
-        proxy_correction=cfg.qgface_proxy_correction)
+        proxy_correction=cfg.qgface_proxy_correction, check_labels=check_labels,
+        centre_dtype=cfg.qgface_centre_dtype)
 
 
 def threshold_at_step(cfg, step: int, steps_per_epoch: int) -> float:

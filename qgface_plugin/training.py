@@ -190,7 +190,8 @@ def build_training(cfg, ns, world, device):
     pfc_module = sys.modules[ns.PartialFC_V2.__module__]
     pfc = qgface_partial_fc(pfc_module)(margin, cfg.embedding_size, cfg.num_classes, cfg.sample_rate,
                                         False, hq_mode=cfg.qgface_hq_mode).to(device).train()
-    criterion = qgface_loss(cfg, pfc).to(device).train() if cfg.loss == "qgface" else None
+    # labels are checked on the host before each copy (DeviceBatches): no per-step check on the device
+    criterion = qgface_loss(cfg, pfc, check_labels=False).to(device).train() if cfg.loss == "qgface" else None
     groups = [{"params": backbone.parameters()}, {"params": pfc.parameters()}]  # PFC group last, as upstream
     if cfg.optimizer == "sgd":
         opt = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)

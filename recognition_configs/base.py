@@ -76,6 +76,7 @@ config.qgface_symmetric = True         # both views act as anchors (authors' D2N
 config.qgface_detach_positive = False  # stop the gradient through the positive
 config.qgface_rescale = True           # multiply L_con by ln(129)/ln(K+1)
 config.qgface_proxy_correction = True  # correct queue entries by their class centres' drift
+config.qgface_centre_dtype = "float32" # element type of the per-step K x D centre all-reduce: "float32" | "bfloat16" (half the bytes)
 config.qgface_view_scale = (0.1, 0.5)  # L view: downscale factor range
 config.qgface_view_jpeg_quality = 75   # L view: JPEG quality at the small size (None: off)
 config.qgface_view_crop_p = 0.2        # L view: probability of a random resized crop

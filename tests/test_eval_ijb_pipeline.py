@@ -323,6 +323,14 @@ def test_tool_writes_json_md_png_npy(tree, lookup_onnx, tmp_path):
     tq = [np.mean([norms[i] for i in range(tree["n"]) if tree["tmpl"][i] == int(r["template"])]) for r in trows]
     np.testing.assert_allclose([float(r["quality"]) for r in trows], tq, rtol=1e-5)
     assert "per_image" not in rep and "per_template" not in rep
+    # error-versus-reject: FNMR at the global threshold of FAR 1e-1 (40 impostors do not resolve 1e-4)
+    e = rep["erc"]
+    assert e["metric"] == "fnmr" and (e["fmr_requested"], e["fmr"]) == (1e-4, 0.1) and e["items"] == 45
+    assert e["norm"]["error"][0] == pytest.approx(1 - rep["tar_at_far"]["TAR@FAR=1e-1"])
+    assert e["threshold"] == rep["far_points"]["TAR@FAR=1e-1"]["threshold"]
+    assert (tmp_path / "ijbc_erc.png").is_file() and "| pairs norm |" in md
+    with np.load(tmp_path / rep["items_file"]) as items:
+        np.testing.assert_allclose(items["template_quality"], tq, rtol=1e-6)
 
 
 def test_tool_bad_inputs_name_file_and_line(tree, lookup_onnx, tmp_path):

@@ -157,6 +157,12 @@ def test_tool_end_to_end_onnx(tmp_path, capsys):
     assert rows[-1] == {**rows[-1], "key": "131_frontal", "subject": "131", "camera": "", "distance": ""}
     np.testing.assert_allclose([float(r["norm"]) for r in rows],
                                tiny_norms([data / "aligned_dir" / f"{r['key']}.jpg" for r in rows]), rtol=2e-5)
+    # error-versus-reject over all 12 probes: at 0 the overall rank-1 error; the plot and the items file
+    assert rep["erc"]["metric"] == "rank1_error" and rep["erc"]["items"] == 12
+    assert rep["erc"]["norm"]["error"][0] == pytest.approx(1 / 12) and rep["erc"]["random"]["auc"] == pytest.approx(0.5 / 12)
+    assert (out / rep["erc_plot"]).is_file() and "| probes random | 8.33 |" in md
+    with np.load(out / rep["items_file"]) as items:
+        assert items["probe_rank"].tolist()[0] > 1 and items["probe_distance"].tolist()[:3] == [1, 2, 3]
 
     rc = tool.main(["--model", str(model), "--data", str(data), "--output", str(out), "--protocol", "test80"])
     assert rc == 0

@@ -11,6 +11,7 @@ import torch
 
 from _models import TinyCNN, export_tiny_onnx
 from qgface_plugin.errors import QGFaceInputError
+from qgface_plugin.eval import erc
 from qgface_plugin.eval.tinyface import cmc, list_tinyface, probe_ranks, quality_bins, resolve_root
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -195,6 +196,21 @@ def test_tool_end_to_end_onnx(tmp_path, capsys):
     assert tool.main(["--model", str(model), "--data", str(tmp_path / "nope"), "--output", str(out)]) == 2
     assert tool.main(["--model", str(tmp_path / "m.pt"), "--data", str(tmp_path / "data"), "--output", str(out)]) == 2
     assert "error:" in capsys.readouterr().err
+    # error-versus-reject: rank-1 error of the probes kept, the random baseline, the plot and the items file
+    e = rep["erc"]
+    assert e["metric"] == "rank1_error" and e["fractions"] == list(erc.DEFAULT_FRACTIONS) and e["items"] == 3
+    assert {"norm", "random", "rejected", "tie_rule", "quality"} <= set(e) and {"error", "auc"} <= set(e["norm"])
+    assert e["norm"]["error"][0] == e["random"]["error"][0] == 1 - rep["cmc"]["rank1"]
+    assert {"draws", "mean", "low", "high", "auc_low", "auc_high"} <= set(e["random"]["band"])
+    assert rep["erc_plot"] == "tinyface_erc.png" and (out / "tinyface_erc.png").read_bytes()[:4] == b"\x89PNG"
+    assert "| probes norm | 0.00 |" in md and "Error-versus-reject" in md
+    assert rep["items_file"] == "tinyface_items.npz"
+    with np.load(out / "tinyface_items.npz") as items:
+        assert items["probe_rank"].tolist() == [1, 1, 1] and len(items["probe_norm"]) == 3
+    with pytest.raises(SystemExit) as exit_info:
+        tool.main(["--model", str(model), "--data", str(tmp_path / "data"), "--output", str(out),
+                   "--erc-fractions", "0.5", "0.2"])
+    assert exit_info.value.code == 2 and "strictly increasing" in capsys.readouterr().err
 
 
 def test_tool_cache_reuses_features_and_keys_on_files(tmp_path, capsys):

@@ -446,6 +446,16 @@ def test_tool_end_to_end_onnx(bin_dir, onnx_model, tmp_path, capsys):
         np.testing.assert_allclose(col[1::2], orig[1::2], rtol=2e-5)  # second images keep the original norm
         np.testing.assert_allclose(col[0::2], norms(lowres_variant(images, s)[0::2]), rtol=2e-5)
         assert np.abs(col[0::2] - orig[0::2]).max() > 1e-3  # the degraded first images do move
+    # error-versus-reject per variant: FNMR at a threshold fixed on all pairs; 20 impostor pairs resolve FMR 0.1 only
+    for row in report["results"]["lfw"].values():
+        e = row["erc"]
+        assert e["metric"] == "fnmr" and e["items"] == 40 and (e["fmr_requested"], e["fmr"]) == (1e-3, 0.1)
+        assert e["counted"] == int(issame.sum()) and len(e["norm"]["error"]) == len(e["fractions"]) == 11
+    assert report["erc_plot"] == {"lfw": "verification_lfw_erc.png"} and (out / "verification_lfw_erc.png").is_file()
+    assert "| lfw lr8 norm |" in md and "| lfw lr8 random |" in md
+    with np.load(out / report["items_file"]["lfw"]) as items:
+        assert items["issame"].tolist() == issame.tolist() and len(items["lr8_score"]) == 40
+        assert items["original_correct"].mean() == pytest.approx(report["results"]["lfw"]["original"]["accuracy"])
 
 
 def test_tool_quality_bins_flag(bin_dir, onnx_model, tmp_path, capsys):

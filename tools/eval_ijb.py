@@ -18,6 +18,13 @@ quality third), ``<t>_scores.npy`` (pair scores in pair-file order, as upstream'
 ``<t>_quality.csv`` (the quality of each image, in meta-file order: ``image`` (name as in the meta files),
 ``template``, ``media``, ``det_score``, ``norm`` = raw non-flipped feature norm) and ``<t>_template_quality.csv``
 (``template``, ``images``, ``quality`` = mean norm of its images, as the quality view uses).
+
+Error-versus-reject curve (``--erc-far``, default 1e-4, ``--erc-fractions``, ``--erc-draws``, ``--erc-seed``):
+the FNMR (1 - TAR) at the global threshold of that FAR -- or, when the set has fewer than 1 / FAR impostor
+pairs, of the smallest larger decade it resolves; the JSON says which -- as the pairs of lowest pair quality
+are rejected, against random rejection (JSON ``erc``, a table in the Markdown, ``<t>_erc.png``; see
+``qgface_plugin.eval.erc``). ``<t>_items.npz`` keeps each template's quality at full precision (with the
+scores and the pair file, what ``tools/compare_models.py`` resamples).
 """
 from __future__ import annotations
 
@@ -26,21 +33,27 @@ from pathlib import Path
 
 import numpy as np
 
-from qgface_plugin.eval.cli import evaluator_parser, run_evaluation, write_quality, write_report
-from qgface_plugin.eval.ijb import DEFAULT_FARS, evaluate_ijb, far_resolved
+from qgface_plugin.eval import erc
+from qgface_plugin.eval.cli import (add_erc_flags, erc_options, evaluator_parser, run_evaluation, write_items,
+                                    write_quality, write_report)
+from qgface_plugin.eval.ijb import DEFAULT_ERC_FAR, DEFAULT_FARS, evaluate_ijb, far_resolved
 
 
 def parse_args(argv=None):
     p = evaluator_parser(__doc__.split("\n\n")[0], "IJB folder holding loose_crop/ and meta/")
-    p.add_argument("--target", default="IJBC", type=str.upper, choices=("IJBC", "IJBB"))
+    p.add_argument("--target", default="IJBC", type=str.upper, choices=("IJBC", "IJBB"), help="benchmark")
     p.add_argument("--no-norm-score", dest="norm_score", action="store_false",
                    help="L2-normalise each image feature before pooling (upstream N0)")
     p.add_argument("--no-detector-score", dest="detector_score", action="store_false",
                    help="do not weight image features by the detector score (upstream D0)")
-    p.add_argument("--fars", nargs="+", type=float, default=list(DEFAULT_FARS))
+    p.add_argument("--fars", nargs="+", type=float, default=list(DEFAULT_FARS), help="FARs the TAR is read at")
     p.add_argument("--quality-bins", type=int, default=3, help="pair-quality bins of the quality view (0 = off)")
     p.add_argument("--load-batch", type=int, default=1024, help="images decoded per chunk (= cache shard size)")
-    return p.parse_args(argv)
+    add_erc_flags(p, "--erc-far", DEFAULT_ERC_FAR, "FAR of the ERC's fixed threshold (the smallest larger decade "
+                  "the set resolves when it has fewer than 1/FAR impostor pairs)")
+    args = p.parse_args(argv)
+    args.erc = erc_options(p, args, "--erc-far")
+    return args
 
 
 def _pct(x) -> str:
@@ -75,6 +88,12 @@ def markdown(res: dict, args) -> str:
         for b in res["quality_bins"]:
             lines.append(f"| {b['bin']} | {b['pairs']} | {b['genuine']} | {b['quality_min']:.2f}–"
                          f"{b['quality_max']:.2f} | " + " | ".join(_pct(b[k]) + _dagger(k, res) for k in keys) + " |")
+    rep = res.get("erc")
+    if rep:
+        used = f"FAR={rep['fmr']:g}" + ("" if rep["fmr"] == rep["fmr_requested"] else
+                                        f" (the set does not resolve {rep['fmr_requested']:g})")
+        lines += ["", erc.markdown_note(rep).replace(rep["description"], f"FNMR (1 − TAR) at the global threshold "
+                  f"of {used}"), ""] + erc.markdown_table([("pairs", rep)])
     return "\n".join(lines) + "\n"
 
 
@@ -116,7 +135,7 @@ def main(argv=None) -> int:
     got = run_evaluation(args, lambda ex: evaluate_ijb(
         ex, args.data, target=args.target, use_norm=args.norm_score, use_detector=args.detector_score,
         fars=args.fars, bins=args.quality_bins, load_batch=args.load_batch, workers=args.workers,
-        cache_dir=args.cache, progress=args.progress))
+        cache_dir=args.cache, progress=args.progress, erc=args.erc))
     if got is None:
         return 2
     res, info, seconds = got
@@ -125,11 +144,17 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     np.save(out / f"{t}_scores.npy", res["scores"])
     plot_roc(res, out / f"{t}_roc.png", f"ROC on {args.target} — {Path(args.model).name}", args.quality_bins)
+    erc.plot_erc(out / f"{t}_erc.png", [(args.target, res.get("erc"))],
+                 f"{args.target} error-versus-reject — {Path(args.model).name}", "FNMR = 1 − TAR (%)")
+    per_template = res.pop("per_template")
     files = {"quality_file": write_quality(out, t, res.pop("per_image")),
-             "template_quality_file": write_quality(out, f"{t}_template", res.pop("per_template"))}
+             "template_quality_file": write_quality(out, f"{t}_template", per_template),
+             "items_file": write_items(out, t, {"template": per_template["template"],
+                                                "template_quality": per_template["quality"]}),
+             "scores_file": f"{t}_scores.npy", "erc_plot": f"{t}_erc.png"}
     report = {k: v for k, v in res.items() if k not in ("scores", "labels", "roc", "pair_quality")}
     report = {"model": str(args.model), "model_info": info, "data": str(args.data), "seconds": seconds,
-              "units": {"tar_at_far": "fraction", "quality_bins": "fraction"}, **report, **files}
+              "units": {"tar_at_far": "fraction", "quality_bins": "fraction", "erc": "fraction"}, **report, **files}
     write_report(out, t, report, markdown(res, args))
     return 0
 

@@ -18,22 +18,35 @@ Writes ``<output>/scface.json`` (fractions), ``<output>/scface.md`` (percent) an
 ``<output>/scface_quality.csv`` (the quality of each image of the protocol: ``role`` probe / gallery, ``key``,
 ``subject``, ``camera``, ``distance`` d1/d2/d3, ``norm`` = raw non-flipped feature norm, ``rank1_correct``
 1/0; camera, distance and rank1_correct are empty for the gallery), and prints the table.
+
+Error-versus-reject curve (``--erc-fractions``, ``--erc-draws``, ``--erc-seed``): the rank-1 error over the
+probes kept (every distance together) as the lowest-norm probes are rejected, against random rejection
+(JSON ``erc``, a table in the Markdown, ``<output>/scface_erc.png``; see ``qgface_plugin.eval.erc``).
+``<output>/scface_items.npz`` keeps each probe's rank, norm, distance and camera at full precision (for
+``tools/compare_models.py``).
 """
 from __future__ import annotations
 
 import sys
 from pathlib import Path
 
-from qgface_plugin.eval.cli import evaluator_parser, run_evaluation, write_quality, write_report
+from qgface_plugin.eval import erc
+from qgface_plugin.eval.cli import (add_erc_flags, erc_options, evaluator_parser, run_evaluation, write_items,
+                                    write_quality, write_report)
 from qgface_plugin.eval.scface import PROTOCOLS, evaluate_scface, read_subjects
 
 
 def parse_args(argv=None):
     p = evaluator_parser(__doc__.split("\n\n")[0], 'SCface folder with all.txt + aligned_dir/ (see above)')
-    p.add_argument("--protocol", choices=PROTOCOLS, default="all")
-    p.add_argument("--subjects", default=None, help="file of subject ids, one per line (replaces 051-130)")
-    p.add_argument("--quality-bins", type=int, default=3)
-    return p.parse_args(argv)
+    p.add_argument("--protocol", choices=PROTOCOLS, default="all",
+                   help="all: every subject, no fine-tuning; test80: subjects 051-130")
+    p.add_argument("--subjects", default=None,
+                   help="file of subject ids, one per line (replaces 051-130; default: none)")
+    p.add_argument("--quality-bins", type=int, default=3, help="probe-norm quantile bins of the quality view")
+    add_erc_flags(p)
+    args = p.parse_args(argv)
+    args.erc = erc_options(p, args)
+    return args
 
 
 def _pct(x):
@@ -60,6 +73,8 @@ def markdown(res: dict, flip: str) -> str:
     for b in res["quality_bins"]:
         lines.append(f"| {b['bin']} | {b['count']} | {b['norm_min']:.3f}–{b['norm_max']:.3f} | "
                      f"{100 * b['rank1']:.2f} |")
+    if res.get("erc"):
+        lines += ["", erc.markdown_note(res["erc"]), ""] + erc.markdown_table([("probes", res["erc"])])
     return "\n".join(lines) + "\n"
 
 
@@ -67,16 +82,20 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     got = run_evaluation(args, lambda ex, subjects: evaluate_scface(
         ex, Path(args.data), protocol=args.protocol, subjects=subjects, bins=args.quality_bins,
-        progress=args.progress, workers=args.workers, cache_dir=args.cache),
+        progress=args.progress, workers=args.workers, cache_dir=args.cache, erc=args.erc),
         prepare=lambda: read_subjects(args.subjects) if args.subjects else None)
     if got is None:
         return 2
     res, info, seconds = got
     quality_file = write_quality(args.output, "scface", res.pop("per_image"))
+    items_file = write_items(args.output, "scface", {f"probe_{k}": v for k, v in res.pop("per_probe").items()})
+    erc.plot_erc(Path(args.output) / "scface_erc.png", [(f"SCface ({res['protocol']})", res["erc"])],
+                 f"SCface error-versus-reject — {Path(args.model).name}", "rank-1 error (%)")
     report = {"model": str(args.model), "model_info": info, "flip": args.flip, "seconds": seconds,
               "subjects_file": args.subjects,
-              "units": {"rank1": "fraction", "quality_bins.rank1": "fraction", "distance_m": "metres"}, **res,
-              "quality_file": quality_file}
+              "units": {"rank1": "fraction", "quality_bins.rank1": "fraction", "distance_m": "metres",
+                        "erc": "fraction"}, **res,
+              "quality_file": quality_file, "items_file": items_file, "erc_plot": "scface_erc.png"}
     write_report(args.output, "scface", report, markdown(res, args.flip))
     return 0
 

@@ -14,21 +14,31 @@ Writes ``<output>/tinyface.json`` (fractions), ``<output>/tinyface.md`` (percent
 ``<output>/tinyface_quality.csv`` (the quality of each image: ``role`` probe / gallery_match / distractor,
 ``file`` relative to the root, ``identity`` (-1 for distractors), ``norm`` = raw non-flipped feature norm,
 ``rank`` = the probe's CMC rank, empty for the gallery), and prints the table.
+
+Error-versus-reject curve (``--erc-fractions``, ``--erc-draws``, ``--erc-seed``): the rank-1 error over the
+probes kept as the lowest-norm probes are rejected, against random rejection (JSON ``erc``, a table in the
+Markdown, ``<output>/tinyface_erc.png``; see ``qgface_plugin.eval.erc``). ``<output>/tinyface_items.npz``
+keeps each probe's rank and norm at full precision (for ``tools/compare_models.py``).
 """
 from __future__ import annotations
 
 import sys
 from pathlib import Path
 
-from qgface_plugin.eval.cli import evaluator_parser, run_evaluation, write_quality, write_report
+from qgface_plugin.eval import erc
+from qgface_plugin.eval.cli import (add_erc_flags, erc_options, evaluator_parser, run_evaluation, write_items,
+                                    write_quality, write_report)
 from qgface_plugin.eval.tinyface import evaluate_tinyface
 
 
 def parse_args(argv=None):
     p = evaluator_parser(__doc__.split("\n\n")[0], 'TinyFace aligned folder (see above)')
-    p.add_argument("--ranks", nargs="+", type=int, default=[1, 5, 20])
-    p.add_argument("--quality-bins", type=int, default=3)
-    return p.parse_args(argv)
+    p.add_argument("--ranks", nargs="+", type=int, default=[1, 5, 20], help="CMC ranks reported")
+    p.add_argument("--quality-bins", type=int, default=3, help="probe-norm quantile bins of the quality view")
+    add_erc_flags(p)
+    args = p.parse_args(argv)
+    args.erc = erc_options(p, args)
+    return args
 
 
 def markdown(res: dict, flip: str) -> str:
@@ -43,6 +53,8 @@ def markdown(res: dict, flip: str) -> str:
              "| bin | probes | norm range | rank-1 |", "|---|---|---|---|"]
     for b in res["quality_bins"]:
         lines.append(f"| {b['bin']} | {b['count']} | {b['norm_min']:.3f}–{b['norm_max']:.3f} | {100 * b['rank1']:.2f} |")
+    if res.get("erc"):
+        lines += ["", erc.markdown_note(res["erc"]), ""] + erc.markdown_table([("probes", res["erc"])])
     return "\n".join(lines) + "\n"
 
 
@@ -50,13 +62,17 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     got = run_evaluation(args, lambda ex: evaluate_tinyface(
         ex, Path(args.data), ranks=tuple(args.ranks), bins=args.quality_bins, progress=args.progress,
-        workers=args.workers, cache_dir=args.cache))
+        workers=args.workers, cache_dir=args.cache, erc=args.erc))
     if got is None:
         return 2
     res, info, seconds = got
     quality_file = write_quality(args.output, "tinyface", res.pop("per_image"))
+    items_file = write_items(args.output, "tinyface", {f"probe_{k}": v for k, v in res.pop("per_probe").items()})
+    erc.plot_erc(Path(args.output) / "tinyface_erc.png", [("TinyFace", res["erc"])],
+                 f"TinyFace error-versus-reject — {Path(args.model).name}", "rank-1 error (%)")
     report = {"model": str(args.model), "model_info": info, "flip": args.flip, "seconds": seconds,
-              "units": {"cmc": "fraction", "quality_bins.rank1": "fraction"}, **res, "quality_file": quality_file}
+              "units": {"cmc": "fraction", "quality_bins.rank1": "fraction", "erc": "fraction"}, **res,
+              "quality_file": quality_file, "items_file": items_file, "erc_plot": "tinyface_erc.png"}
     write_report(args.output, "tinyface", report, markdown(res, args.flip))
     return 0
 

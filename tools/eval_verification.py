@@ -20,6 +20,14 @@ and accuracy by quality bin, in percent) and, per target, ``<output>/verificatio
 quality of each image: ``image`` = index in the ``.bin``, ``pair``, ``issame`` 1/0, ``norm`` = raw non-flipped
 feature norm, and one ``norm_lr<S>`` per low-res variant, where the first image of each pair is the degraded
 one and the second keeps its original norm), and prints the tables.
+
+Error-versus-reject curve (``--erc-fmr``, default 1e-3, ``--erc-fractions``, ``--erc-draws``, ``--erc-seed``):
+per target and variant, the FNMR at one cosine-similarity threshold fixed on all pairs at that FMR (or, when
+the set has fewer than 1 / FMR impostor pairs, at the smallest larger decade it resolves; the JSON says which)
+as the pairs of lowest pair quality are rejected, against random rejection (JSON ``erc`` per variant, a table
+in the Markdown, ``<output>/verification_<target>_erc.png``; see ``qgface_plugin.eval.erc``).
+``<output>/verification_<target>_items.npz`` keeps, per variant, each pair's cosine score, its 10-fold
+judgement and its quality at full precision (for ``tools/compare_models.py``).
 """
 from __future__ import annotations
 
@@ -28,8 +36,10 @@ import time
 from pathlib import Path
 
 from qgface_plugin.errors import QGFaceInputError
-from qgface_plugin.eval.cli import evaluator_parser, run_evaluation, write_quality, write_report
-from qgface_plugin.eval.verification import evaluate_bin
+from qgface_plugin.eval import erc
+from qgface_plugin.eval.cli import (add_erc_flags, erc_options, evaluator_parser, run_evaluation, write_items,
+                                    write_quality, write_report)
+from qgface_plugin.eval.verification import DEFAULT_ERC_FMR, evaluate_bin
 
 TARGETS = ("lfw", "cfp_fp", "agedb_30", "calfw", "cplfw")
 
@@ -39,10 +49,14 @@ def parse_args(argv=None):
     p.add_argument("--targets", nargs="+", default=None,
                    help=f"bin names without .bin (default: those of {' '.join(TARGETS)} present)")
     p.add_argument("--lowres", nargs="*", type=int, default=[], help="low-res sizes in px, e.g. 8 12 16 20")
-    p.add_argument("--nfolds", type=int, default=10)
+    p.add_argument("--nfolds", type=int, default=10, help="folds of the verification protocol")
     p.add_argument("--quality-bins", type=int, default=3,
                    help="quantile bins of pair quality (min raw feature norm of the pair); 0 disables")
-    return p.parse_args(argv)
+    add_erc_flags(p, "--erc-fmr", DEFAULT_ERC_FMR, "FMR of the ERC's fixed threshold (the smallest larger decade "
+                  "the set resolves when it has fewer than 1/FMR impostor pairs)")
+    args = p.parse_args(argv)
+    args.erc = erc_options(p, args, "--erc-fmr")
+    return args
 
 
 def resolve_targets(data: Path, targets):
@@ -75,6 +89,7 @@ def markdown(results: dict, flip: str, nfolds: int = 10) -> str:
         cells = [f"{rows[v]['norm_mean']:.3f}" if v in rows else "-" for v in variants]
         lines.append(f"| {t} | " + " | ".join(cells) + " |")
     lines += _quality_markdown(results)
+    lines += _erc_markdown(results)
     return "\n".join(lines) + "\n"
 
 
@@ -98,17 +113,31 @@ def _quality_markdown(results: dict) -> list:
     return lines
 
 
+def _erc_markdown(results: dict) -> list:
+    """The error-versus-reject table: one norm row and one random row per target and variant."""
+    rows = [(f"{t} {v}", row["erc"]) for t, variants in results.items() for v, row in variants.items()
+            if row.get("erc")]
+    if not rows:
+        return []
+    fmrs = sorted({(r["fmr_requested"], r["fmr"]) for _, r in rows})
+    used = ", ".join(f"FMR={u:g}" + ("" if u == q else f" (the set does not resolve {q:g})") for q, u in fmrs)
+    return (["", erc.markdown_note(rows[0][1]).replace(rows[0][1]["description"], f"FNMR at one threshold fixed "
+             f"on all pairs of the variant at {used}"), ""] + erc.markdown_table(rows))
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
-    data, seconds, per_image = Path(args.data), {}, {}
+    data, seconds, per_image, per_pair = Path(args.data), {}, {}, {}
 
     def evaluate(extractor, targets):
         results = {}
         for t in targets:
             t0 = time.time()
             results[t] = evaluate_bin(extractor, data / f"{t}.bin", lowres_sizes=args.lowres, nfolds=args.nfolds,
-                                      bins=args.quality_bins, progress=args.progress, workers=args.workers)
+                                      bins=args.quality_bins, progress=args.progress, workers=args.workers,
+                                      erc=args.erc, return_pairs=True)
             per_image[t] = results[t].pop("per_image")
+            per_pair[t] = {v: row.pop("per_pair") for v, row in results[t].items()}
             seconds[t] = round(time.time() - t0, 3)
         return results
     got = run_evaluation(args, evaluate, prepare=lambda: resolve_targets(data, args.targets))
@@ -116,14 +145,25 @@ def main(argv=None) -> int:
         return 2
     results, info, _ = got
     quality_files = {t: write_quality(args.output, f"verification_{t}", cols) for t, cols in per_image.items()}
+    items_files, erc_plots = {}, {}
+    for t, variants in per_pair.items():
+        arrays = {"issame": next(iter(variants.values()))["issame"]}
+        for v, cols in variants.items():
+            arrays.update({f"{v}_{k}": cols[k] for k in ("score", "correct", "quality")})
+        items_files[t] = write_items(args.output, f"verification_{t}", arrays)
+        erc_plots[t] = f"verification_{t}_erc.png"
+        erc.plot_erc(Path(args.output) / erc_plots[t], [(v, row.get("erc")) for v, row in results[t].items()],
+                     f"{t} error-versus-reject — {Path(args.model).name}", "FNMR (%)")
     report = {"model": str(args.model), "model_info": info, "flip": args.flip, "nfolds": args.nfolds,
               "lowres_sizes": list(args.lowres), "quality_bins": args.quality_bins,
               "pair_quality": "min of the two images' raw (non-flipped) feature norms",
               "units": {"accuracy": "fraction", "std": "fraction",
                         "threshold": "squared L2 distance of unit features",
                         "quality_bins.accuracy": "fraction", "quality_bins.genuine_fraction": "fraction",
-                        "quality_bins.norm_min": "raw feature norm (pair quality)"},
-              "seconds": seconds, "results": results, "quality_file": quality_files}
+                        "quality_bins.norm_min": "raw feature norm (pair quality)", "erc": "fraction"},
+              "erc_fmr": args.erc_fmr,
+              "seconds": seconds, "results": results, "quality_file": quality_files, "items_file": items_files,
+              "erc_plot": erc_plots}
     write_report(args.output, "verification", report, markdown(results, args.flip, args.nfolds))
     return 0
 

@@ -12,30 +12,53 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import QGFaceConfigError, QGFaceInputError
+from . import erc as erc_mod
 from .features import FLIP_MODES, FeatureExtractor, load_model
 
-__all__ = ["SHARED_FLAGS", "evaluator_parser", "shared_argv", "make_extractor", "run_evaluation",
-           "write_report", "write_quality"]
+__all__ = ["SHARED_FLAGS", "ERC_FLAGS", "HelpFormatter", "evaluator_parser", "shared_argv", "add_erc_flags",
+           "erc_options", "erc_argv", "make_extractor", "run_evaluation", "write_report", "write_quality",
+           "write_items"]
 
 
 # the model and extraction flags every evaluator shares: (flag, add_argument keywords)
 SHARED_FLAGS = (
-    ("--network", dict(default=None, help="upstream backbone name (r18/r50/r100/mbf/...); for .pt models")),
+    ("--network", dict(default=None, help="upstream backbone name (r18/r50/r100/mbf/...); needed for .pt models, "
+                                          "ignored for .onnx (default: none)")),
     ("--model", dict(required=True, help="model.pt (state dict / checkpoint) or .onnx file")),
     ("--flip", dict(choices=FLIP_MODES, default="sum", help="flip fusion of the features")),
-    ("--batch-size", dict(type=int, default=64)),
-    ("--device", dict(default="cpu")),
-    ("--fp16", dict(action="store_true")),
+    ("--batch-size", dict(type=int, default=64, help="images per forward pass")),
+    ("--device", dict(default="cpu", help="torch / ONNX Runtime device: cpu, cuda, cuda:N")),
+    ("--fp16", dict(action="store_true", help="half-precision forward passes (CUDA)")),
     ("--arcface-root", dict(default=None, help="arcface_torch folder (default: ARCFACE_TORCH_ROOT, ...)")),
     ("--workers", dict(type=int, default=None, help="image decoding threads (default: cores, at most 8)")),
-    ("--cache", dict(default=None, help="folder for a resumable on-disk cache of image features")),
+    ("--cache", dict(default=None, help="folder for a resumable on-disk cache of image features (default: none)")),
     ("--progress", dict(action="store_true", help="progress bars on stderr")),
 )
+
+# the error-versus-reject options every evaluator shares (the FMR flag is the verification tools' own)
+ERC_FLAGS = (
+    ("--erc-fractions", dict(nargs="+", type=float, default=list(erc_mod.DEFAULT_FRACTIONS), metavar="F",
+                             help="error-versus-reject curve: fractions of the lowest-quality items rejected "
+                                  "(strictly increasing, in [0, 1])")),
+    ("--erc-draws", dict(type=int, default=erc_mod.DEFAULT_DRAWS, metavar="R",
+                         help="seeded random rejection orders for the random baseline's 95%% band (the baseline's "
+                              "curve itself is exact); 0 = no band")),
+    ("--erc-seed", dict(type=int, default=0, help="seed of those random rejection orders")),
+)
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows every flag's default, unless the flag is required or its help already says it."""
+
+    def _get_help_string(self, action):
+        if action.required or "default" in (action.help or "").lower():
+            return action.help
+        return super()._get_help_string(action)
 
 
 def evaluator_parser(description: str, data_help: str, data_required: bool = True) -> argparse.ArgumentParser:
     """A parser with ``--network --model --data --output`` and the extraction options (:data:`SHARED_FLAGS`)."""
-    p = argparse.ArgumentParser(description=description)
+    p = argparse.ArgumentParser(description=description, formatter_class=HelpFormatter)
     for flag, kw in SHARED_FLAGS[:2]:
         p.add_argument(flag, **kw)
     p.add_argument("--data", required=data_required, help=data_help)
@@ -55,6 +78,40 @@ def shared_argv(args, exclude=()) -> list:
         if v is None or v is False:
             continue
         argv += [flag] if kw.get("action") == "store_true" else [flag, str(v)]
+    return argv
+
+
+def add_erc_flags(parser, fmr_flag=None, fmr_default=None, fmr_help=None) -> None:
+    """Add :data:`ERC_FLAGS` (and, for a verification tool, ``fmr_flag`` with ``fmr_default``) as a group."""
+    g = parser.add_argument_group("error-versus-reject curve (ERC)")
+    for flag, kw in ERC_FLAGS:
+        g.add_argument(flag, **kw)
+    if fmr_flag:
+        g.add_argument(fmr_flag, type=float, default=fmr_default, metavar="FMR", help=fmr_help)
+
+
+def erc_options(parser, args, fmr_flag=None):
+    """The parsed ERC flags as an evaluator's ``erc`` dict (see :func:`qgface_plugin.eval.erc.options`); bad
+    values stop with ``parser.error`` (exit status 2)."""
+    opts = {"fractions": args.erc_fractions, "draws": args.erc_draws, "seed": args.erc_seed}
+    if fmr_flag:
+        opts["fmr"] = getattr(args, fmr_flag[2:].replace("-", "_"))
+    try:
+        erc_mod.options(opts, opts.get("fmr"))
+    except QGFaceInputError as e:
+        parser.error(str(e))
+    return opts
+
+
+def erc_argv(args, fmr_flags=()) -> list:
+    """The ERC flags of parsed ``args`` as a command line (those of :data:`ERC_FLAGS`, plus ``fmr_flags``
+    that ``args`` has and that are not ``None``)."""
+    argv = ["--erc-fractions", *(repr(float(f)) for f in args.erc_fractions), "--erc-draws", str(args.erc_draws),
+            "--erc-seed", str(args.erc_seed)]
+    for flag in fmr_flags:
+        v = getattr(args, flag[2:].replace("-", "_"), None)
+        if v is not None:
+            argv += [flag, repr(float(v))]
     return argv
 
 
@@ -127,5 +184,18 @@ def write_quality(output, name: str, columns: dict) -> str:
         w = csv.writer(f)
         w.writerow(names)
         w.writerows([_cell(v) for v in row] for row in zip(*cols))
+    os.replace(tmp, out / fname)
+    return fname
+
+
+def write_items(output, name: str, arrays: dict) -> str:
+    """Write ``<output>/<name>_items.npz``: full-precision per-item arrays (per pair / per probe) that
+    ``tools/compare_models.py`` resamples. Written beside it first and renamed into place. Returns the file
+    name (relative to ``output``), for the JSON report."""
+    out = Path(output)
+    out.mkdir(parents=True, exist_ok=True)
+    fname = f"{name}_items.npz"
+    tmp = out / f".{fname}.tmp.npz"
+    np.savez(tmp, **{k: np.asarray(v) for k, v in arrays.items()})
     os.replace(tmp, out / fname)
     return fname

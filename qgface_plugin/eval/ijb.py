@@ -26,10 +26,12 @@ import numpy as np
 
 from ..errors import QGFaceInputError
 
-__all__ = ["DEFAULT_FARS", "meta_paths", "read_meta", "template_features", "pair_scores", "far_key", "far_resolved", "tar_at_far",
-           "template_quality", "quality_tar", "evaluate_ijb"]
+__all__ = ["DEFAULT_FARS", "DEFAULT_ERC_FAR", "meta_paths", "read_meta", "read_pairs", "template_features",
+           "pair_scores", "far_key", "far_resolved", "tar_at_far", "template_quality", "pair_quality", "quality_tar",
+           "evaluate_ijb"]
 
 DEFAULT_FARS = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
+DEFAULT_ERC_FAR = 1e-4  # the error-versus-reject curve's FAR (or the smallest larger decade the set resolves)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -124,6 +126,16 @@ def read_meta(data_dir: str, target: str = "IJBC") -> Dict[str, np.ndarray]:
             "landmarks": pts[:, :10].reshape(-1, 5, 2).astype(np.float32),
             "det_scores": pts[:, 10].astype(np.float32),
             "p1": pairs[:, 0].copy(), "p2": pairs[:, 1].copy(), "labels": pairs[:, 2].copy()}
+
+
+def read_pairs(data_dir: str, target: str = "IJBC") -> Dict[str, np.ndarray]:
+    """Only the pair file of ``target``: ``{"p1", "p2", "labels"}`` (int64), as :func:`read_meta` returns them."""
+    path = meta_paths(data_dir, target)["pairs"]
+    pairs = _read_int_table(path, 3)
+    if pairs.size and not np.isin(pairs[:, 2], (0, 1)).all():
+        bad = int(np.flatnonzero(~np.isin(pairs[:, 2], (0, 1)))[0])
+        raise QGFaceInputError(f"{path}: data row {bad + 1}: label {pairs[bad, 2]} is not 0 or 1")
+    return {"p1": pairs[:, 0].copy(), "p2": pairs[:, 1].copy(), "labels": pairs[:, 2].copy()}
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -323,6 +335,15 @@ def template_quality(norms, templates, template_ids) -> np.ndarray:
     return total / np.maximum(count, 1)
 
 
+def pair_quality(template_ids, template_qualities, p1, p2) -> np.ndarray:
+    """Quality of each pair ``(p1[k], p2[k])`` (template ids): the lower of its two templates' qualities
+    (``template_qualities`` per id of ``template_ids``, as :func:`template_quality` returns them)."""
+    tids = np.asarray(template_ids, dtype=np.int64)
+    tq = np.asarray(template_qualities, dtype=np.float64)
+    return np.minimum(tq[_rows_of(tids, np.asarray(p1, dtype=np.int64), "p1")],
+                      tq[_rows_of(tids, np.asarray(p2, dtype=np.int64), "p2")])
+
+
 def quality_tar(scores, labels, pair_quality, roc, bins: int = 3) -> list:
     """TAR by pair-quality bin at the **global** thresholds of ``roc`` (from :func:`tar_at_far`).
 
@@ -362,7 +383,7 @@ def image_dir(data_dir) -> str:
 
 def evaluate_ijb(extractor, data_dir, target: str = "IJBC", use_norm: bool = True, use_detector: bool = True,
                  fars: Iterable[float] = DEFAULT_FARS, bins: int = 3, load_batch: int = 1024, workers=None,
-                 cache_dir=None, progress: bool = False) -> dict:
+                 cache_dir=None, progress: bool = False, erc=None) -> dict:
     """IJB-B/C 1:1 verification with a :class:`~qgface_plugin.eval.features.FeatureExtractor`.
 
     Reads the meta files (:func:`read_meta`), aligns every ``loose_crop`` image with its 5 landmarks
@@ -379,8 +400,15 @@ def evaluate_ijb(extractor, data_dir, target: str = "IJBC", use_norm: bool = Tru
     ``per_image`` = ``{"image" (name as in the meta files), "template", "media", "det_score", "norm" (raw,
     non-flipped feature norm)}`` in meta-file order and ``per_template`` = ``{"template" (sorted ids),
     "images" (its image count), "quality" (mean norm of its images, as the quality view uses)}``.
+
+    ``"erc"``: the error-versus-reject curve (:func:`~qgface_plugin.eval.erc.fnmr_erc`): FNMR = 1 - TAR at the
+    global threshold of FAR ``erc["fmr"]`` (default :data:`DEFAULT_ERC_FAR`, or the smallest larger decade
+    the set resolves, see :func:`far_resolved`), rejecting the pairs of lowest pair quality; ``erc`` = ``None``
+    (defaults), a dict of :data:`~qgface_plugin.eval.erc.OPTION_KEYS` or ``False`` (no ``"erc"`` key).
     """
+    from . import erc as erc_mod
     from .align import align_face
+    erc_opts = erc_mod.options(erc, DEFAULT_ERC_FAR)
     from .features import embed_items
     meta = read_meta(data_dir, target)
     img_dir = image_dir(data_dir)
@@ -410,7 +438,15 @@ def evaluate_ijb(extractor, data_dir, target: str = "IJBC", use_norm: bool = Tru
     scores = pair_scores(tids, tfeats, meta["p1"], meta["p2"])
     tar, roc = tar_at_far(scores, meta["labels"], fars, return_roc=True)
     tq = template_quality(norms, meta["templates"], tids)
-    pq = np.minimum(tq[_rows_of(tids, meta["p1"], "p1")], tq[_rows_of(tids, meta["p2"], "p2")])
+    pq = pair_quality(tids, tq, meta["p1"], meta["p2"])
+    erc_rep = None
+    if erc_opts is not None:
+        far, _ = erc_mod.choose_fmr(erc_opts["fmr"], int((meta["labels"] == 0).sum()))
+        point = roc["far_points"].get(far_key(far))
+        erc_rep = erc_mod.fnmr_erc(scores, meta["labels"], pq, threshold=None if point is None else point[2],
+                                   quality_desc="pair quality (the lower of the two templates' qualities, a "
+                                   "template's = the mean raw feature norm of its images)",
+                                   score_desc="cosine similarity of the template features", **erc_opts)
     return {
         "benchmark": str(target).upper(),
         "tar_at_far": tar,
@@ -426,6 +462,7 @@ def evaluate_ijb(extractor, data_dir, target: str = "IJBC", use_norm: bool = Tru
         "quality": "template quality = mean raw feature norm of its images; pair quality = the lower of the two",
         "quality_bins": quality_tar(scores, meta["labels"], pq, roc, bins) if bins else [],
         "norm_mean": float(norms.mean()),
+        **({"erc": erc_rep} if erc_opts is not None else {}),
         "scores": scores, "labels": meta["labels"], "roc": roc, "pair_quality": pq,
         "per_image": {"image": names, "template": meta["templates"], "media": meta["medias"],
                       "det_score": meta["det_scores"], "norm": norms},

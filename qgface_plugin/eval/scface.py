@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import QGFaceInputError
+from . import erc as erc_mod
 from .features import embed_files
 from .tinyface import SCORE, TIE_RULE, probe_ranks, quality_bins
 
@@ -198,7 +199,7 @@ def rank1_by_distance(probe_feats, probe_ids, probe_distances, gallery_feats, ga
 
 
 def evaluate_scface(extractor, root, protocol="all", subjects=None, bins=3, load_batch=1024, chunk=256,
-                    progress=False, workers=None, cache_dir=None) -> dict:
+                    progress=False, workers=None, cache_dir=None, erc=None) -> dict:
     """Run the SCface protocol with a :class:`~qgface_plugin.eval.features.FeatureExtractor`.
 
     Returns:
@@ -207,8 +208,13 @@ def evaluate_scface(extractor, root, protocol="all", subjects=None, bins=3, load
         "skipped_keys"}, "quality_bins": [...], "norm_mean": {"probe", "gallery"}, "distance_m", "per_image"}``
         (fractions, not percent). ``per_image`` holds one entry per probe and gallery image and is not JSON:
         the raw (non-flipped) feature norm and, for probes, whether rank-1 was correct (see
-        :func:`quality_table`).
+        :func:`quality_table`). ``"erc"``: the error-versus-reject curve of the rank-1 error over all the
+        protocol's probes (every distance), rejecting the lowest-norm probes
+        (:func:`~qgface_plugin.eval.erc.rank1_erc`; ``erc`` as in
+        :func:`~qgface_plugin.eval.tinyface.evaluate_tinyface`). ``per_probe`` (not JSON): ``{"rank", "norm",
+        "distance" (1/2/3), "camera"}`` of the probes, full precision.
     """
+    erc_opts = erc_mod.options(erc)
     lst, label, keep = select_subjects(list_scface(root), protocol, subjects)
     probes = lst["probes"]
     pids = np.array([p[2] for p in probes], dtype=np.int64)
@@ -240,7 +246,9 @@ def evaluate_scface(extractor, root, protocol="all", subjects=None, bins=3, load
         "quality_bins": quality_bins(pn, r == 1, bins=min(int(bins), len(pn))),
         "norm_mean": {"probe": float(pn.mean()), "gallery": float(gn.mean())},
         "distance_m": DISTANCE_M,
+        **({"erc": erc_mod.rank1_erc(r, pn, **erc_opts)} if erc_opts is not None else {}),
         "per_image": quality_table(lst, pn, gn, r),
+        "per_probe": {"rank": r, "norm": pn, "distance": pdist, "camera": pcam},
     }
 
 

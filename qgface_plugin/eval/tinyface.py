@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import QGFaceInputError
+from . import erc as erc_mod
 from .features import embed_files
 from .quality_view import quality_split
 
@@ -173,7 +174,7 @@ def quality_bins(probe_norms, correct_rank1, bins=3) -> list:
 
 # ---------------------------------------------------------------------------------------- evaluation
 def evaluate_tinyface(extractor, root, ranks=(1, 5, 20), bins=3, load_batch=1024, chunk=256,
-                      progress=False, workers=None, cache_dir=None) -> dict:
+                      progress=False, workers=None, cache_dir=None, erc=None) -> dict:
     """Run the TinyFace protocol with a :class:`~qgface_plugin.eval.features.FeatureExtractor`.
 
     Images are read ``load_batch`` at a time by ``workers`` threads (so the 158k-image gallery never sits in
@@ -185,7 +186,12 @@ def evaluate_tinyface(extractor, root, ranks=(1, 5, 20), bins=3, load_batch=1024
         "distractor"}, "per_image": {"role", "file", "identity", "norm", "rank"}}`` (fractions, not percent).
         ``per_image`` holds one entry per image (probes, gallery matches, distractors) and is not JSON: the
         raw (non-flipped) feature norm and, for probes, the CMC rank (see :func:`quality_table`).
+        ``"erc"``: the error-versus-reject curve of the rank-1 error, rejecting the lowest-norm probes
+        (:func:`~qgface_plugin.eval.erc.rank1_erc`; ``erc`` = ``None`` for the defaults, a dict of
+        ``fractions``/``draws``/``seed``, or ``False`` for none). ``per_probe`` (not JSON): ``{"rank", "norm"}``
+        of the probes, full precision.
     """
+    erc_opts = erc_mod.options(erc)
     lst = list_tinyface(root)
     pf, pn = embed_files(extractor, lst["probe_paths"], int(load_batch), progress, "probes", workers,
                          cache_dir, "tinyface-probes")
@@ -203,7 +209,9 @@ def evaluate_tinyface(extractor, root, ranks=(1, 5, 20), bins=3, load_batch=1024
         "quality_bins": quality_bins(pn, r == 1, bins=bins),
         "norm_mean": {"probe": float(pn.mean()), "gallery_match": float(gn[:nm].mean()),
                       "distractor": float(gn[nm:].mean())},
+        **({"erc": erc_mod.rank1_erc(r, pn, **erc_opts)} if erc_opts is not None else {}),
         "per_image": quality_table(lst, pn, gn, r),
+        "per_probe": {"rank": r, "norm": pn},
     }
 
 

@@ -16,6 +16,11 @@ quality is the smaller of its two images' raw (non-flipped) feature norms; pairs
 quantile bins of pair quality and each pair is judged with the threshold of the fold it is tested in,
 so the bins break the 10-fold accuracy down without re-tuning anything.
 
+Error-versus-reject (:mod:`.erc`, in :func:`evaluate_bin`): per variant, the FNMR at one threshold fixed
+on all pairs at a chosen FMR (default 1e-3, or the smallest larger decade the set resolves: 1 / impostor
+pairs), score = cosine similarity of the L2-normalised features, as pairs of the lowest pair quality
+(same definition) are rejected.
+
 Accuracies are fractions in [0, 1]; norms are L2 norms of raw features (no unit).
 """
 from __future__ import annotations
@@ -27,13 +32,15 @@ import cv2
 import numpy as np
 
 from ..errors import QGFaceInputError
+from . import erc as erc_mod
 from .features import default_workers
 from .quality_view import quality_split
 
-__all__ = ["IMAGE_SIZE", "load_bin", "lowres_variant", "fold_indices", "evaluate", "pair_quality",
-           "pair_quality_bins", "evaluate_bin"]
+__all__ = ["IMAGE_SIZE", "DEFAULT_ERC_FMR", "load_bin", "lowres_variant", "fold_indices", "evaluate",
+           "pair_quality", "pair_quality_bins", "pair_scores", "evaluate_bin"]
 
 IMAGE_SIZE = 112
+DEFAULT_ERC_FMR = 1e-3
 
 
 def _read_pickle(path: Path):
@@ -183,6 +190,12 @@ def evaluate(features, issame, nfolds=10):
     return _protocol(features, issame, nfolds)[0]
 
 
+def pair_scores(features):
+    """Cosine similarity ``[P]`` of each pair (rows ``2i``, ``2i+1``) of L2-normalised ``features``."""
+    f = _l2_normalise(features)
+    return np.einsum("ij,ij->i", f[0::2], f[1::2])
+
+
 def pair_quality(norms):
     """Pair quality ``[P]``: the smaller of the two images' raw feature norms (``norms`` is ``[2P]``,
     pair ``i`` = entries ``2i``, ``2i+1``)."""
@@ -250,7 +263,8 @@ def pair_quality_bins(features, issame, norms, bins=3, nfolds=10):
     return _bins_table(quality, issame, _protocol(features, issame, nfolds)[1], bins)
 
 
-def evaluate_bin(extractor, path, lowres_sizes=(), nfolds=10, bins=3, progress=False, workers=None):
+def evaluate_bin(extractor, path, lowres_sizes=(), nfolds=10, bins=3, progress=False, workers=None, erc=None,
+                 return_pairs=False):
     """Evaluate one ``.bin`` with ``extractor`` (a :class:`~qgface_plugin.eval.features.FeatureExtractor`).
 
     Variants: ``"original"`` and, per ``s`` in ``lowres_sizes``, ``"lr{s}"`` (see :func:`lowres_variant`;
@@ -268,9 +282,18 @@ def evaluate_bin(extractor, path, lowres_sizes=(), nfolds=10, bins=3, progress=F
         ``norm`` (raw, non-flipped feature norm of the original image) and one ``norm_lr{s}`` per low-res
         variant (the first image of each pair degraded, the second keeping its original norm).
 
+        Each variant also has ``"erc"``: the error-versus-reject curve (:func:`~qgface_plugin.eval.erc.fnmr_erc`:
+        FNMR at FMR ``erc["fmr"]``, default :data:`DEFAULT_ERC_FMR`, threshold fixed on all pairs; pairs
+        rejected by pair quality; ``None`` without genuine or impostor pairs). ``erc`` = ``None`` (defaults), a
+        dict of :data:`~qgface_plugin.eval.erc.OPTION_KEYS` or ``False`` (no ``"erc"`` key). With
+        ``return_pairs`` each variant also has ``"per_pair"`` (not JSON): ``{"issame", "score" (cosine),
+        "correct" (judged with its fold's threshold), "quality" (pair quality)}``, ``[P]`` arrays.
+
     Raises:
-        QGFaceInputError: from :func:`load_bin`, or ``bins`` not in ``0..P`` (checked before embedding).
+        QGFaceInputError: from :func:`load_bin`, ``bins`` not in ``0..P`` or bad ``erc`` options (checked before
+            embedding).
     """
+    erc_opts = erc_mod.options(erc, DEFAULT_ERC_FMR)
     images, issame = load_bin(path, workers=workers)
     bins = 0 if bins is None or bins == 0 else _check_bins(bins, len(issame), f"{path}: quality bins")
     rows = {}
@@ -290,9 +313,15 @@ def evaluate_bin(extractor, path, lowres_sizes=(), nfolds=10, bins=3, progress=F
         feats, _ = _check(feats, issame, nfolds)
         row, pair_ok = _protocol(feats, issame, nfolds)
         row.update(lowres_size=size, norm_mean=float(np.mean(norms)), norm_mean_first=float(np.mean(norms[0::2])))
+        quality = _checked_quality(norms, len(issame), f"{path} ({name})")
         if bins:
-            quality = _checked_quality(norms, len(issame), f"{path} ({name})")
             row["quality_bins"] = _bins_table(quality, issame, pair_ok, bins)
+        scores = pair_scores(feats) if erc_opts is not None or return_pairs else None
+        if erc_opts is not None:
+            row["erc"] = erc_mod.fnmr_erc(scores, issame, quality, quality_desc="quality (per pair: the smaller "
+                                          "of its two images' raw feature norms)", score_desc="cosine similarity", **erc_opts)
+        if return_pairs:
+            row["per_pair"] = {"issame": issame, "score": scores, "correct": pair_ok, "quality": quality}
         rows[name] = row
         if size is not None:
             table[f"norm_{name}"] = norms

@@ -171,3 +171,23 @@ def test_nothing_to_run(data, tmp_path, capsys):
     io = capsys.readouterr()
     assert "no benchmark to run" in io.err and "skipped: TinyFace" in io.out
     assert not (tmp_path / "o" / "summary.json").exists()
+
+
+def test_full_run_erc_table(full_run):
+    _, out, s = full_run
+    rows = {r["label"]: r for r in s["erc"]}
+    assert list(rows) == ["lfw (original)", "lfw (lr8)", "lfw (lr16)", "TinyFace", "SCface (all)", "SCface (test80)",
+                          "IJB-B", "IJB-C"]
+    md = (out / "summary.md").read_text()
+    assert "## Error-versus-reject (%)" in md
+    for label, r in rows.items():
+        key = r["benchmark"]
+        rep = _report(out, s, key)
+        e = rep["results"]["lfw"][r["variant"]]["erc"] if key == "verification" else rep["erc"]
+        assert r["auc_norm"] == e["norm"]["auc"] and r["auc_random"] == e["random"]["auc"]
+        assert r["norm_at"] == e["norm"]["error"][4] and e["fractions"][4] == 0.2  # the error at 20% rejected
+        assert r["random_at"] == e["random"]["error"][4] and r["unrejected"] == e["norm"]["error"][0]
+        assert f"| {label} | {r['metric']} | {_pct(r['unrejected'])} | {_pct(r['auc_norm'])} | " in md
+    assert rows["TinyFace"]["metric"] == "rank-1 error" and rows["IJB-C"]["metric"].startswith("FNMR@FAR=")
+    assert rows["lfw (lr8)"]["metric"] == "FNMR@FMR=0.1"  # 20 impostor pairs do not resolve 1e-3
+    assert s["flags"]["erc_fmr"] == 1e-3 and s["flags"]["erc_far"] == 1e-4

@@ -5,7 +5,8 @@
         [--bins DIR] [--tinyface DIR] [--scface DIR] [--ijbb DIR] [--ijbc DIR] \
         [--targets lfw cfp_fp ...] [--lowres 8 12 16 20] [--scface-protocols all test80] \
         [--flip sum|norm_weighted|none] [--batch-size 64] [--device cuda] [--fp16] [--workers N] \
-        [--cache DIR] [--progress] [--arcface-root PATH]
+        [--cache DIR] [--progress] [--arcface-root PATH] \
+        [--erc-fractions 0 0.05 ... 0.5] [--erc-fmr 1e-3] [--erc-far 1e-4] [--erc-draws 1000] [--erc-seed 0]
 
 Runs, in this order and in this process, ``tools/eval_verification.py`` (``--bins``),
 ``eval_tinyface.py``, ``eval_scface.py`` (once per ``--scface-protocols`` entry) and ``eval_ijb.py``
@@ -24,316 +25,50 @@ of each benchmark, its headline figures (IJB: TAR@FAR and AUC, Markdown shows FA
 CMC rank-1/5/20; SCface rank-1 at d1/d2/d3 per protocol; accuracy of each ``.bin`` and low-res variant), and
 the quality view: per benchmark, the figure in the lowest / middle / highest quality third and the gap
 highest - lowest (IJB: TAR@FAR=1e-4 by pair quality; TinyFace and SCface: rank-1 by probe quality; ``.bin``:
-accuracy by pair quality, per target and variant). Every number is read from the tools' JSON reports.
-Exit status 0 when every benchmark run succeeded, 1 when one failed, 2 when there is nothing to run.
+accuracy by pair quality, per target and variant), and the error-versus-reject table: per benchmark, the
+AUC of the curve that rejects by feature norm against random rejection, and the error at 20% rejected
+(``.bin``: FNMR at FMR ``--erc-fmr``; IJB: FNMR at FAR ``--erc-far``, each the smallest larger decade the set
+resolves when it cannot resolve that one; TinyFace, SCface: rank-1 error; see ``qgface_plugin.eval.erc``).
+Every number is read from the tools' JSON reports. The suite itself is ``qgface_plugin.eval.suite`` (also
+run by ``tools/compare_models.py``).
+Exit status 0 when every benchmark run succeeded, 1 when one failed, 2 when there is nothing to run or a
+flag is bad.
 """
 from __future__ import annotations
 
-import contextlib
-import importlib.util
-import json
 import sys
-import time
-import traceback
-from functools import lru_cache
 from pathlib import Path
 
-from qgface_plugin.eval.cli import SHARED_FLAGS, evaluator_parser, shared_argv, write_report
-from qgface_plugin.eval.ijb import far_resolved
+from qgface_plugin.eval import suite as _suite
+from qgface_plugin.eval.cli import evaluator_parser
+from qgface_plugin.eval.suite import (IJB_FAR_KEYS, QUALITY_FARS, discover, erc_rows, headline,  # noqa: F401
+                                      markdown, quality_far, quality_rows)
 
 TOOLS_DIR = Path(__file__).resolve().parent
-IJB_FAR_KEYS = ("TAR@FAR=1e-5", "TAR@FAR=1e-4", "TAR@FAR=1e-3", "TAR@FAR=1e-2")  # Markdown; JSON has all
-QUALITY_FARS = ("TAR@FAR=1e-4", "TAR@FAR=1e-3", "TAR@FAR=1e-2", "TAR@FAR=1e-1")  # first one the set resolves
-
-
-def _resolved(key, rep) -> bool:
-    return far_resolved(key, rep.get("min_resolvable_far", 0.0))
-
-
-def quality_far(rep) -> str:
-    """The IJB quality view's FAR: 1e-4 when the set resolves it, else the smallest decade it does."""
-    return next((k for k in QUALITY_FARS if _resolved(k, rep)), QUALITY_FARS[-1])
+load_tool = _suite.tool_loader(TOOLS_DIR)
 
 
 def parse_args(argv=None):
     p = evaluator_parser(__doc__.split("\n\n")[0], "root folder to look for the benchmarks in (see above)",
                          data_required=False)
-    p.add_argument("--bins", default=None, help="folder of verification .bin files")
-    p.add_argument("--tinyface", default=None, help="TinyFace aligned folder")
-    p.add_argument("--scface", default=None, help="SCface folder (all.txt + aligned_dir/)")
-    p.add_argument("--ijbb", default=None, help="IJB-B folder (loose_crop/ + meta/)")
-    p.add_argument("--ijbc", default=None, help="IJB-C folder (loose_crop/ + meta/)")
-    p.add_argument("--targets", nargs="+", default=None, help=".bin names without .bin")
-    p.add_argument("--lowres", nargs="*", type=int, default=[8, 12, 16, 20], help="low-res sizes of the .bin sets")
-    p.add_argument("--scface-protocols", nargs="+", default=["all", "test80"], choices=("all", "test80"))
-    return p.parse_args(argv)
-
-
-# ---------------------------------------------------------------------------------------------- discovery
-def _child(folder, name):
-    """The sub-folder of ``folder`` called ``name`` (any case), or None."""
-    if folder is None or not Path(folder).is_dir():
-        return None
-    return next((c for c in sorted(Path(folder).iterdir()) if c.is_dir() and c.name.lower() == name.lower()), None)
-
-
-def _has_bins(folder):
-    return folder is not None and any(Path(folder).glob("*.bin"))
-
-
-def discover(root) -> dict:
-    """``{"bins", "tinyface", "scface", "ijbb", "ijbc"} -> folder or None`` in the conventional places."""
-    root = Path(root)
-    bins = _child(root, "bins")
-    found = {"bins": bins if _has_bins(bins) else (root if _has_bins(root) else None),
-             "tinyface": _child(root, "tinyface"), "scface": _child(root, "scface")}
-    for t in ("ijbb", "ijbc"):
-        found[t] = _child(_child(root, "IJB_release"), t) or _child(root, t)
-    return found
-
-
-@lru_cache(maxsize=None)
-def load_tool(filename: str):
-    """A module of ``tools/`` (not a package), imported by path."""
-    spec = importlib.util.spec_from_file_location(f"_qgface_suite_{Path(filename).stem}", TOOLS_DIR / filename)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def _bin_targets(folder, targets):
-    if targets is not None or not Path(folder).is_dir():
-        return targets
-    standard = load_tool("eval_verification.py").TARGETS
-    if any((Path(folder) / f"{t}.bin").is_file() for t in standard):
-        return None  # the tool's own default
-    return sorted(p.stem for p in Path(folder).glob("*.bin")) or None
+    _suite.add_suite_flags(p)
+    args = p.parse_args(argv)
+    _suite.check_suite_flags(p, args)
+    return args
 
 
 def plan(args) -> list:
-    """One entry per benchmark: ``key``, ``title``, ``tool``, ``data`` (None: skipped, see ``reason``),
-    ``argv`` (the benchmark's own flags), ``output`` (sub-folder) and ``report`` (JSON name)."""
-    found = discover(args.data) if args.data else {}
-    given = {k: getattr(args, k) for k in ("bins", "tinyface", "scface", "ijbb", "ijbc")}
-
-    def where(k):
-        if given[k]:
-            return Path(given[k]), None
-        if found.get(k):
-            return found[k], None
-        return None, f"not found under {args.data}" if args.data else f"no --{k} (or --data)"
-
-    out = []
-    data, reason = where("bins")
-    targets = _bin_targets(data, args.targets) if data else None
-    out.append({"key": "verification", "title": ".bin verification", "tool": "eval_verification.py",
-                "data": data, "reason": reason, "output": ".", "report": "verification",
-                "argv": ["--lowres", *map(str, args.lowres)] + (["--targets", *targets] if targets else [])})
-    data, reason = where("tinyface")
-    out.append({"key": "tinyface", "title": "TinyFace", "tool": "eval_tinyface.py", "data": data,
-                "reason": reason, "output": ".", "report": "tinyface", "argv": []})
-    data, reason = where("scface")
-    for prot in dict.fromkeys(args.scface_protocols):
-        out.append({"key": f"scface_{prot}", "title": f"SCface ({prot})", "tool": "eval_scface.py", "data": data,
-                    "reason": reason, "output": f"scface_{prot}", "report": "scface", "argv": ["--protocol", prot]})
-    for t in ("ijbb", "ijbc"):
-        data, reason = where(t)
-        out.append({"key": t, "title": f"IJB-{t[-1].upper()}", "tool": "eval_ijb.py", "data": data,
-                    "reason": reason, "output": ".", "report": t, "argv": ["--target", t.upper()]})
-    return out
-
-
-# -------------------------------------------------------------------------------------------------- running
-class _Tee:
-    """Passes stderr through and keeps its tail, to find the tool's ``error: ...`` line."""
-
-    def __init__(self, stream):
-        self.stream, self.tail = stream, ""
-
-    def write(self, s):
-        self.tail = (self.tail + s)[-8192:]
-        return self.stream.write(s)
-
-    def __getattr__(self, name):  # flush, isatty, fileno, encoding ...
-        return getattr(self.stream, name)
-
-    def error(self):
-        lines = [ln.strip() for ln in self.tail.splitlines() if "error:" in ln]
-        return lines[-1].split("error:", 1)[1].strip() if lines else None
+    """One entry per benchmark (see :func:`qgface_plugin.eval.suite.plan`)."""
+    return _suite.plan(args, load_tool)
 
 
 def run_one(entry, args) -> dict:
     """Run one benchmark's tool; ``{"status", "seconds", "error"}``."""
-    argv = (shared_argv(args) + ["--data", str(entry["data"]), "--output", str(Path(args.output) / entry["output"])]
-            + entry["argv"])
-    tee, t0 = _Tee(sys.stderr), time.time()
-    with contextlib.redirect_stderr(tee):
-        try:
-            rc, error = load_tool(entry["tool"]).main(argv), None
-        except SystemExit as e:  # argparse
-            rc, error = (e.code if isinstance(e.code, int) else 2), None
-        except Exception as e:  # a crash in one benchmark must not stop the others
-            traceback.print_exc()
-            rc, error = 1, f"{type(e).__name__}: {e}"
-    seconds = round(time.time() - t0, 3)
-    if rc:
-        return {"status": "error", "seconds": seconds, "error": error or tee.error() or f"exit status {rc}"}
-    return {"status": "ok", "seconds": seconds, "error": None}
-
-
-# -------------------------------------------------------------------------------------------------- summary
-def headline(key, rep) -> dict:
-    """The figures of a tool's JSON report that the summary shows (fractions)."""
-    if key == "verification":
-        return {t: {v: {"accuracy": r["accuracy"], "std": r["std"]} for v, r in rows.items()}
-                for t, rows in rep["results"].items()}
-    if key == "tinyface":
-        return dict(rep["cmc"])
-    if key.startswith("scface"):
-        return {"protocol": rep["protocol"], **rep["rank1"]}
-    return {**rep["tar_at_far"], "auc": rep["auc"],
-            "resolved": [k for k in rep["tar_at_far"] if _resolved(k, rep)]}
-
-
-def _thirds(bins, field) -> dict | None:
-    """Lowest / middle / highest bin's ``field`` and the gap highest - lowest; None without bins."""
-    if not bins:
-        return None
-    lo, mid, hi = (bins[i].get(field) for i in (0, len(bins) // 2, -1))
-    return {"lowest": lo, "middle": mid, "highest": hi,
-            "gap": None if lo is None or hi is None else hi - lo}
-
-
-def quality_rows(key, title, rep) -> list:
-    """Rows of the quality view for one report."""
-    if key == "verification":
-        rows = []
-        for t, variants in rep["results"].items():
-            for v, r in variants.items():
-                q = _thirds(r.get("quality_bins"), "accuracy")
-                if q:
-                    rows.append({"benchmark": key, "label": f"{t} ({v})", "target": t, "variant": v,
-                                 "figure": "accuracy", "quality": "pair", **q})
-        return rows
-    if key.startswith("ijb"):
-        figure = quality_far(rep)
-        q, kind = _thirds(rep.get("quality_bins"), figure), "pair"
-    else:
-        q, figure, kind = _thirds(rep.get("quality_bins"), "rank1"), "rank1", "probe"
-    return [{"benchmark": key, "label": title, "figure": figure, "quality": kind, **q}] if q else []
-
-
-def _pct(x, sign=False):
-    if x is None:
-        return "–"
-    return f"{100 * x:+.2f}" if sign else f"{100 * x:.2f}"
-
-
-def _link(entry, suffix):
-    path = Path(entry["output"]) / f"{entry['report']}{suffix}"
-    return f"[{path.as_posix()}]({path.as_posix()})"
-
-
-def markdown(summary, entries, reports) -> str:
-    ok = [e for e in entries if e["key"] in reports]
-    lines = [f"# Evaluation suite — `{Path(summary['model']).name}`", "",
-             f"Model `{summary['model']}` (network {summary['network'] or '–'}); flip {summary['flags']['flip']}, "
-             f"device {summary['flags']['device']}{', fp16' if summary['flags']['fp16'] else ''}. "
-             "Figures in %; fractions in `summary.json`.", "",
-             "| benchmark | status | seconds | data | report |", "|---|---|---|---|---|"]
-    for e in entries:
-        b = summary["benchmarks"][e["key"]]
-        if b["status"] == "skipped":
-            lines.append(f"| {e['title']} | skipped | – | – | {b['reason']} |")
-            continue
-        note = _link(e, ".md") if b["status"] == "ok" else "error: " + " ".join(b["error"].split()).replace("|", "\\|")
-        lines.append(f"| {e['title']} | {b['status']} | {b['seconds']:.1f} | `{b['data']}` | {note} |")
-    ijb = [e for e in ok if e["key"].startswith("ijb")]
-    if ijb:
-        lines += ["", "## IJB-B / IJB-C 1:1 verification, TAR (%)", "",
-                  "| benchmark | " + " | ".join(k.replace("TAR@", "") for k in IJB_FAR_KEYS) + " | ROC |",
-                  "|---" * (len(IJB_FAR_KEYS) + 2) + "|"]
-        for e in ijb:
-            h = summary["benchmarks"][e["key"]]["headline"]
-            lines.append(f"| {e['title']} | " + " | ".join(_pct(h.get(k)) + ("" if k in h["resolved"] else " †")
-                                                          for k in IJB_FAR_KEYS) + f" | {_link(e, '_roc.png')} |")
-        if any(k not in summary["benchmarks"][e["key"]]["headline"]["resolved"] for e in ijb for k in IJB_FAR_KEYS):
-            lines += ["", "† FAR below 1 / impostor pairs of that set: not resolved (it reads the FAR-0 point)."]
-    if any(e["key"] == "tinyface" for e in ok):
-        h = summary["benchmarks"]["tinyface"]["headline"]
-        lines += ["", "## TinyFace closed-set identification, CMC (%)", "",
-                  "| " + " | ".join(k.replace("rank", "rank-") for k in h) + " |", "|---" * len(h) + "|",
-                  "| " + " | ".join(_pct(v) for v in h.values()) + " |"]
-    scface = [e for e in ok if e["key"].startswith("scface")]
-    if scface:
-        lines += ["", "## SCface rank-1 identification (%)", "",
-                  "| protocol | d1 (4.2 m) | d2 (2.6 m) | d3 (1.0 m) | overall |", "|---|---|---|---|---|"]
-        for e in scface:
-            h = summary["benchmarks"][e["key"]]["headline"]
-            lines.append(f"| {h['protocol']} | " + " | ".join(_pct(h[k]) for k in ("d1", "d2", "d3", "overall")) + " |")
-    if any(e["key"] == "verification" for e in ok):
-        res = summary["benchmarks"]["verification"]["headline"]
-        variants = list(dict.fromkeys(v for rows in res.values() for v in rows))
-        lines += ["", "## Verification accuracy on the .bin sets (%)", "",
-                  "| target | " + " | ".join(variants) + " |", "|---" * (len(variants) + 1) + "|"]
-        for t, rows in res.items():
-            lines.append(f"| {t} | " + " | ".join(_pct(rows[v]["accuracy"]) if v in rows else "–"
-                                                for v in variants) + " |")
-    if summary["quality_view"]:
-        lines += ["", "## Quality view (%)", "",
-                  "Each benchmark's figure in its lowest / middle / highest quality third (feature-norm quality; "
-                  "IJB: TAR at FAR 1e-4, or the smallest decade the set resolves, by pair quality at the global "
-                  "threshold; TinyFace, SCface: rank-1 by probe quality; .bin: accuracy by pair quality) and the "
-                  "gap highest − lowest (points).", "",
-                  "| benchmark | figure | lowest | middle | highest | gap |", "|---|---|---|---|---|---|"]
-        for r in summary["quality_view"]:
-            figure = f"{r['figure'].replace('rank1', 'rank-1')} ({r['quality']} quality)"
-            lines.append(f"| {r['label']} | {figure} | {_pct(r['lowest'])} | {_pct(r['middle'])} | "
-                         f"{_pct(r['highest'])} | {_pct(r['gap'], sign=True)} |")
-    return "\n".join(lines) + "\n"
+    return _suite.run_one(entry, args, load_tool)
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    entries = plan(args)
-    todo = [e for e in entries if e["data"] is not None]
-    for e in entries:
-        print(f"{'found' if e['data'] else 'skipped'}: {e['title']}: {e['data'] or e['reason']}")
-    if not todo:
-        print("error: no benchmark to run: give --data ROOT or --bins/--tinyface/--scface/--ijbb/--ijbc",
-              file=sys.stderr)
-        return 2
-    benchmarks, reports = {}, {}
-    for e in entries:
-        if e["data"] is None:
-            benchmarks[e["key"]] = {"status": "skipped", "reason": e["reason"]}
-            continue
-        print(f"\n=== [{todo.index(e) + 1}/{len(todo)}] {e['title']}: {e['data']}", flush=True)
-        res = run_one(e, args)
-        report = Path(e["output"]) / f"{e['report']}.json"
-        benchmarks[e["key"]] = {**res, "data": str(e["data"]), "report": report.as_posix()}
-        if res["status"] == "ok":
-            reports[e["key"]] = json.loads((Path(args.output) / report).read_text(encoding="utf-8"))
-            benchmarks[e["key"]]["headline"] = headline(e["key"], reports[e["key"]])
-        print(f"=== {e['title']}: {res['status']} in {res['seconds']:.1f} s"
-              + (f" ({res['error']})" if res["error"] else ""), flush=True)
-    flags = {f[2:].replace("-", "_"): getattr(args, f[2:].replace("-", "_")) for f, _ in SHARED_FLAGS
-             if f not in ("--model", "--network")}
-    flags.update(targets=args.targets, lowres=list(args.lowres), scface_protocols=list(args.scface_protocols))
-    summary = {"model": str(args.model), "network": args.network,
-               "model_info": next((r.get("model_info") for r in reports.values()), None),
-               "data_root": args.data, "flags": flags,
-               "units": {"headline": "fraction", "quality_view": "fraction", "seconds": "seconds"},
-               "benchmarks": benchmarks,
-               "quality_view": [r for e in entries if e["key"] in reports
-                                for r in quality_rows(e["key"], e["title"], reports[e["key"]])]}
-    print()
-    write_report(args.output, "summary", summary, markdown(summary, entries, reports))
-    failed = [e["title"] for e in entries if benchmarks[e["key"]]["status"] == "error"]
-    if failed:
-        print(f"error: failed: {', '.join(failed)} (see {Path(args.output) / 'summary.md'})", file=sys.stderr)
-        return 1
-    return 0
+    return _suite.run_suite(parse_args(argv), load_tool)
 
 
 if __name__ == "__main__":

@@ -81,13 +81,16 @@ def shared_argv(args, exclude=()) -> list:
     return argv
 
 
-def add_erc_flags(parser, fmr_flag=None, fmr_default=None, fmr_help=None) -> None:
-    """Add :data:`ERC_FLAGS` (and, for a verification tool, ``fmr_flag`` with ``fmr_default``) as a group."""
+def add_erc_flags(parser, fmr_flag=None, fmr_default=None, fmr_help=None):
+    """Add :data:`ERC_FLAGS` (and, for a verification tool, ``fmr_flag`` with ``fmr_default``) as a group;
+    returns the group."""
     g = parser.add_argument_group("error-versus-reject curve (ERC)")
     for flag, kw in ERC_FLAGS:
         g.add_argument(flag, **kw)
     if fmr_flag:
-        g.add_argument(fmr_flag, type=float, default=fmr_default, metavar="FMR", help=fmr_help)
+        g.add_argument(fmr_flag, type=float, default=fmr_default, metavar=fmr_flag.rsplit("-", 1)[1].upper(),
+                       help=fmr_help)
+    return g
 
 
 def erc_options(parser, args, fmr_flag=None):

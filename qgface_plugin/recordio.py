@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import collections
 import io
+import operator
 import os
 import struct
 import threading
@@ -243,6 +244,8 @@ class RecordReader:
             None; :class:`RecordDataset` refuses such a set, which MXFaceDataset would misread.
         imgidx: the image keys in arcface_torch's order: ``1 .. a-1`` with a header0, else ``keys``.
 
+    A record 0 shorter than an IRHeader (a set of raw records, not images) is no header either.
+
     Raises:
         RecordIOError: a missing file, a malformed index, an index entry beyond ``train.rec``, or a
             header0 whose image range names keys the index lacks (and, on reads: a wrong magic number,
@@ -295,8 +298,8 @@ class RecordReader:
                         "record 0 (flag 2, label [a, b], no image), or with a scalar label on record 0")
                 elif h.flag > 0:
                     self.header0 = self._check_header0(h)
-        self.imgidx = (np.array(range(1, self.header0[0])) if self.header0 is not None
-                       else self._keys.copy())
+        # MXFaceDataset: np.array(range(1, a)) or np.array(list(keys)) (same values and dtype)
+        self.imgidx = np.arange(1, self.header0[0]) if self.header0 is not None else self._keys.copy()
 
     # -- keys
     @property
@@ -313,8 +316,8 @@ class RecordReader:
 
     def _position(self, key, missing_ok: bool = False):
         try:
-            k = int(key)
-        except (TypeError, ValueError):
+            k = operator.index(key)  # ints and numpy integers (imgidx), not floats or strings
+        except TypeError:
             k = None
         if k is not None:
             if self._dense:

@@ -53,6 +53,9 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     def _get_help_string(self, action):
         if action.required or "default" in (action.help or "").lower():
             return action.help
+        if isinstance(action.default, (list, tuple)):  # a list as it is typed: 8 12 16 20
+            shown = " ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in action.default) or "none"
+            return f"{action.help} (default: {shown.replace('%', '%%')})"
         return super()._get_help_string(action)
 
 

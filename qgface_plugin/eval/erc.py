@@ -370,7 +370,7 @@ def plot_erc(path, curves, title, ylabel="error (%)") -> None:
         x = 100 * np.asarray(rep["fractions"])
         y = np.array([np.nan if v is None else 100 * v for v in rep["norm"]["error"]])
         ax.plot(x, y, "o-", color=colour, lw=1.6, ms=3,
-                label=f"{label}: norm" + (f" (AUC {100 * rep['norm']['auc']:.2f})" if rep["norm"]["auc"] is not None
+                label=f"{label}: norm" + (f" (AUC×100 {100 * rep['norm']['auc']:.2f})" if rep["norm"]["auc"] is not None
                                           else ""))
         r = np.array([np.nan if v is None else 100 * v for v in rep["random"]["error"]])
         ax.plot(x, r, "--", color=colour, lw=1, label=f"{label}: random")

@@ -37,6 +37,11 @@ __all__ = ["QualityMargin", "AdaFaceMargin", "ArcFaceMargin", "CosFaceMargin", "
 
 #: AdaFace's cosine clamp / angle clip.
 ADAFACE_EPS = 1e-3
+#: Device types on which the entries a narrow clamp (AdaFace's) bit are kept for backward as a
+#: bool mask (1/4 of the fp32 logits): host memory is plentiful and torch's CPU bit operations are
+#: slow (packing cost ~30 % of the margin step on the project's CPU). Elsewhere (CUDA) the mask is
+#: packed into bits, 1/32 of the fp32 logits, for a few element-wise passes over N·C/8 bytes.
+BOOL_CLIP_MASK_ON = frozenset({"cpu"})
 
 
 def _target_index(logits: torch.Tensor, labels: torch.Tensor):
@@ -76,15 +81,19 @@ class _MarginLogits(torch.autograd.Function):
     ``r`` is the per-row scale (s, or s times the quality gate); ``has_target`` marks the rows whose
     label column ``cols`` is on this shard (the others are not edited). Backward is one pass:
     ``r_i · grad`` where the clamp did not bite, ``r_i · dt'/dt · grad`` at the targets. With
-    ``mask_clip`` the entries the clamp bit are kept for backward as a bit mask (1/32 of the fp32
-    logits); without it the clamp is taken not to bite (cosines in [−1, 1] and a [−1, 1] clamp).
+    ``mask_clip`` the entries the clamp bit are kept for backward (a bit mask, 1/32 of the fp32
+    logits; a bool mask on :data:`BOOL_CLIP_MASK_ON` devices); without it the clamp is taken not to
+    bite (cosines in [−1, 1] and a [−1, 1] clamp).
     Everything has fixed shapes: no device sync.
     """
 
     @staticmethod
     def forward(ctx, cos, has_target, cols, target, d_target, row_scale, lo, hi, mask_clip):
         out = cos.clamp(lo, hi)                                         # N x C, new tensor
-        clipped = _pack_bits(out != cos) if mask_clip else None         # usually all False
+        clipped = (out != cos) if mask_clip else None                   # usually all False
+        ctx.packed = clipped is not None and cos.device.type not in BOOL_CLIP_MASK_ON
+        if ctx.packed:
+            clipped = _pack_bits(clipped)
         row_scale = row_scale.to(out.dtype).expand(cos.shape[0])
         out.mul_(row_scale.unsqueeze(1))
         idx = cols.unsqueeze(1)
@@ -100,7 +109,7 @@ class _MarginLogits(torch.autograd.Function):
         has_target, idx, d_scaled, row_scale, *clipped = ctx.saved_tensors
         grad_in = grad * row_scale.unsqueeze(1)
         if clipped:
-            grad_in.masked_fill_(_unpack_bits(clipped[0], ctx.shape), 0.0)
+            grad_in.masked_fill_(_unpack_bits(clipped[0], ctx.shape) if ctx.packed else clipped[0], 0.0)
         at_target = torch.where(has_target, grad.gather(1, idx).squeeze(1) * d_scaled,
                                 grad_in.gather(1, idx).squeeze(1))
         grad_in.scatter_(1, idx, at_target.unsqueeze(1))
@@ -117,7 +126,8 @@ class QualityMargin(nn.Module):
 
     The input is cosines in [−1, 1], as Partial FC and the classifiers clamp them. A [−1, 1] clamp
     (ArcFace, CosFace) then never bites and no clip mask is kept; a narrower one (AdaFace's
-    [−1+ε, 1−ε]) keeps one bit per logit for backward. The forward and backward have fixed shapes
+    [−1+ε, 1−ε]) keeps one bit per logit for backward (one byte on the CPU, see
+    :data:`BOOL_CLIP_MASK_ON`). The forward and backward have fixed shapes
     and need no host sync.
     """
 

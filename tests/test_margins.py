@@ -172,10 +172,14 @@ def test_matches_upstream_combined_margin_loss(margin_list):
     assert torch.allclose(ga, gb, atol=1e-4)
 
 
+@pytest.mark.parametrize("packed", [False, True], ids=["bool-mask", "bit-mask"])
 @pytest.mark.parametrize("n,c", [(7, 5), (3, 16)])  # 35 logits (not a multiple of 8) and 48
-def test_adaface_clamp_zeroes_the_gradient_where_it_bites(n, c):
+def test_adaface_clamp_zeroes_the_gradient_where_it_bites(n, c, packed, monkeypatch):
     """Cosines beyond AdaFace's [-1+eps, 1-eps] (targets and others) get AdaFace's values and no
-    gradient; the entries the clamp bit are kept as a bit mask for backward."""
+    gradient; the entries the clamp bit are kept for backward as bools (CPU) or bits (elsewhere)."""
+    from qgface_plugin import margins
+    if packed:  # the bit mask devices other than the CPU keep
+        monkeypatch.setattr(margins, "BOOL_CLIP_MASK_ON", frozenset())
     torch.manual_seed(3)
     base = torch.rand(n, c, dtype=torch.float64) * 1.6 - 0.8
     flat = base.view(-1)

@@ -5,9 +5,9 @@
   cross-device copies, tensors built from host data) and attributes backward ops to the line that
   built their autograd node;
 * one step (``QGFaceLoss.forward`` + ``loss.backward()``) with ``MarginClassifier`` asks for none, in
-  gate and subset mode, b = 0 / 0.2 / 1, λ = 0 / 1, mask "label" / "own", every margin, on the path
+  gate and subset mode, b = 0 / 0.2 / 1, λ = 0 / 1, mask "label" / "own", every margin, on the paths
   CUDA takes (on the CPU the contrastive loss picks its rows with ``nonzero``, which costs nothing
-  there: tested separately), also on 2 gloo ranks;
+  there: tested separately; AdaFace's clip mask is packed into bits), also on 2 gloo ranks;
 * with the QGFace Partial FC subclass (``ARCFACE_TORCH_ROOT``; 1 and 2 gloo ranks, sample rate 1
   and 0.5) the plugin's part asks for none either; upstream's own syncs are listed, not counted;
 * ``check_labels=True`` (the default) costs exactly the label check's reads.
@@ -20,7 +20,8 @@ import sys
 import pytest
 import torch
 
-from qgface_plugin import MarginClassifier, QGFaceInputError, QGFaceLoss, build_margin, contrastive, upstream
+from qgface_plugin import (MarginClassifier, QGFaceInputError, QGFaceLoss, build_margin, contrastive, margins,
+                           upstream)
 from qgface_plugin.classifier import check_labels
 from qgface_plugin.syncs import count_host_syncs
 
@@ -70,8 +71,10 @@ def _counted_step(criterion, step, rank=0, world=1):
 
 @pytest.fixture
 def device_path(monkeypatch):
-    """The contrastive loss's fixed-shape path, which every device but the CPU takes."""
+    """The paths every device but the CPU takes: the contrastive loss on all rows, AdaFace's clip
+    mask packed into bits."""
     monkeypatch.setattr(contrastive, "SELECT_ROWS_ON", frozenset())
+    monkeypatch.setattr(margins, "BOOL_CLIP_MASK_ON", frozenset())
 
 
 # ------------------------------------------------------------------------------------------------
@@ -226,7 +229,8 @@ PFC_CONFIGS = [(mode, rate, b) for mode in MODES for rate in (1.0, 0.5) for b in
 def ddp_syncs(rank: int, world: int, with_partial_fc: bool) -> dict:
     """Per configuration: the plugin's and the unattributed sync records of 2 steps (as strings),
     and the other (upstream's) records of the last step."""
-    contrastive.SELECT_ROWS_ON = frozenset()  # the path devices other than the CPU take
+    contrastive.SELECT_ROWS_ON = frozenset()  # the paths devices other than the CPU take
+    margins.BOOL_CLIP_MASK_ON = frozenset()
     out = {}
     if not with_partial_fc:
         for mode, b, lam, mask in [("gate", 0.2, 1.0, "label"), ("subset", 0.2, 1.0, "own"),

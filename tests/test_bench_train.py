@@ -127,3 +127,37 @@ def test_a_failing_arm_is_reported_not_hidden():
     a = res["arms"]["arcface_images"]
     assert a["rounds_ok"] == 0 and a["errors"] and "exit code" in a["errors"][0]
     assert res["headline_per_row_ratio"] is None
+
+
+def _processes_mentioning(text):
+    found = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if text in cmd and "--as-train-launcher" in cmd:
+                found.append(cmd)
+    return found
+
+
+@needs_upstream
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="needs /proc to look for left-over processes")
+def test_sigterm_ends_the_running_training_run_too(tmp_path):
+    """The runs have their own process group (so a timeout kills torchrun and its workers); a SIGTERM to
+    the tool (a timeout of whatever runs it, gpu_check's included) must not leave one running."""
+    import signal
+    import subprocess
+    import time
+    proc = subprocess.Popen([sys.executable, str(BENCH), "--quick", "--workdir", str(tmp_path)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    deadline = time.time() + 60
+    while not _processes_mentioning(str(tmp_path)) and time.time() < deadline:
+        time.sleep(0.2)
+    assert _processes_mentioning(str(tmp_path)), "the first run did not start"
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 128 + signal.SIGTERM
+    time.sleep(0.5)
+    assert not _processes_mentioning(str(tmp_path))

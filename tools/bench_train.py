@@ -320,6 +320,22 @@ def _display(cmd) -> str:
     return " ".join([*launch, "tools/train.py", *(f'"{p}"' if "[" in p else p for p in parts[i + 1:])])
 
 
+_RUNNING: list = []   # the training run in progress (its own process group)
+
+
+def _kill_running(signum=None, frame=None):
+    """On SIGTERM/SIGINT (or exit), end the running training run's whole process group too: it runs in
+    its own session (so that a timeout can kill torchrun and its workers), out of reach of a signal
+    sent to this tool's group."""
+    for proc in list(_RUNNING):
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+    if signum is not None:
+        sys.exit(128 + signum)
+
+
 def run_arm(arm, s, world, workdir: Path, rnd: int, timeout: float, arcface_root=None, verbose=False) -> dict:
     """One run of tools/train.py for ``arm``; returns the figures of its summary.json (or the error)."""
     output = workdir / f"{arm}_r{rnd}"
@@ -336,6 +352,7 @@ def run_arm(arm, s, world, workdir: Path, rnd: int, timeout: float, arcface_root
     t0 = time.time()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
                             cwd=str(ROOT), start_new_session=True)
+    _RUNNING.append(proc)
     lines = []
     killed = []
 
@@ -355,6 +372,7 @@ def run_arm(arm, s, world, workdir: Path, rnd: int, timeout: float, arcface_root
         proc.wait()
     finally:
         watchdog.cancel()
+        _RUNNING.remove(proc)
     timed_out = bool(killed)
     wall = time.time() - t0
     result = {"arm": arm, "round": rnd, "returncode": proc.returncode, "wall_s": round(wall, 1),
@@ -584,6 +602,7 @@ def main(argv=None) -> int:
           flush=True)
     runs = {a: [] for a in arms}
     t_start = time.time()
+    signal.signal(signal.SIGTERM, _kill_running)
     try:
         for rnd in range(s["repeats"]):
             order = arms[rnd % len(arms):] + arms[:rnd % len(arms)]  # rotate: no arm always runs first
@@ -598,6 +617,7 @@ def main(argv=None) -> int:
                     print(f"[round {rnd + 1}/{s['repeats']}] {arm}: {r['step_s']:.4f} s/step, "
                           f"{r['samples_per_s']:.1f} img/s, {r['rows_per_step']} rows/step, wall {r['wall_s']} s", flush=True)
     finally:
+        _kill_running()
         if not args.keep and not args.workdir:
             shutil.rmtree(workdir, ignore_errors=True)
     agg = {a: aggregate(runs[a]) for a in arms}

@@ -66,7 +66,8 @@ print(json.dumps(out))
 
 
 def _run(cmd, timeout, env=None, cwd=ROOT):
-    """(returncode or None on timeout, stdout+stderr text, seconds); kills the whole process group on timeout."""
+    """(returncode or None on timeout, stdout+stderr text, seconds); on timeout the process group gets
+    SIGTERM, then SIGKILL after 15 s."""
     t0 = time.time()
     proc = subprocess.Popen([str(c) for c in cmd], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env=env, cwd=str(cwd), start_new_session=True)
@@ -74,8 +75,13 @@ def _run(cmd, timeout, env=None, cwd=ROOT):
         out, _ = proc.communicate(timeout=max(1.0, timeout))
         code = proc.returncode
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, _ = proc.communicate()
+        # SIGTERM first: bench_train then ends its training run (its own process group) before exiting
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            out, _ = proc.communicate(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            out, _ = proc.communicate()
         code = None
     return code, out or "", round(time.time() - t0, 1)
 

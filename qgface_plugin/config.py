@@ -131,6 +131,8 @@ def validate_config(cfg: dict, known: set[str] | None = None, own_loop: bool = T
         raise QGFaceConfigError(f"config.lr_schedule must be 'polynomial' or 'step', got {cfg['lr_schedule']!r}")
     if cfg.get("lr_schedule") == "step" and any(not 0 < e <= cfg["num_epoch"] for e in cfg.get("lr_steps", [])):
         raise QGFaceConfigError(f"config.lr_steps must be epochs in (0, num_epoch], got {cfg['lr_steps']}")
+    if cfg.get("record_reader", "auto") not in ("auto", "mxnet", "python"):
+        raise QGFaceConfigError(f"config.record_reader must be 'auto', 'mxnet' or 'python', got {cfg['record_reader']!r}")
     if cfg["optimizer"] not in ("sgd", "adamw"):
         raise QGFaceConfigError(f"config.optimizer must be 'sgd' or 'adamw', got {cfg['optimizer']!r}")
     if not 0.0 <= float(cfg["sample_rate"]) <= 1.0:

@@ -124,6 +124,24 @@ class SyntheticImages(torch.utils.data.Dataset):
         return self.transform(self.pool[i % len(self.pool)]), torch.tensor(i % self.num_classes)
 
 
+def record_dataset(cfg, ns, rank):
+    """The record set as arcface_torch's ``MXFaceDataset`` (``record_reader="mxnet"``) or this
+    package's mxnet-free :class:`~qgface_plugin.recordio.RecordDataset` (``"python"``: same order,
+    labels and pixels); ``"auto"`` takes mxnet's when it imports."""
+    reader = cfg.record_reader
+    if reader == "auto":
+        try:
+            from .utils import import_mxnet
+            import_mxnet()
+            reader = "mxnet"
+        except ImportError:
+            reader = "python"
+    if reader == "mxnet":
+        return ns.MXFaceDataset(root_dir=cfg.rec, local_rank=rank)
+    from .recordio import RecordDataset
+    return RecordDataset(root_dir=cfg.rec, local_rank=rank)
+
+
 def build_loader(cfg, ns, rank, world, device):
     """DataLoader over the record set (two views for QGFace; uint8 with ``loader_uint8``) with a distributed sampler."""
     # uint8 batches normalised on the device (DeviceBatches), or arcface_torch's float pipeline
@@ -133,7 +151,7 @@ def build_loader(cfg, ns, rank, world, device):
         dataset = SyntheticImages(cfg.num_image, cfg.num_classes, transform, seed=cfg.seed)
     else:
         check_record_dataset(cfg.rec, cfg.num_classes)
-        dataset = ns.MXFaceDataset(root_dir=cfg.rec, local_rank=rank)
+        dataset = record_dataset(cfg, ns, rank)
         if cfg.loss == "qgface" or cfg.loader_uint8:  # else upstream's own flip + normalise
             dataset.transform = transform
     sampler = torch.utils.data.DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True,

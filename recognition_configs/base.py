@@ -41,6 +41,7 @@ config.clip_grad_norm = 5.0            # backbone gradient clipping (upstream ha
 config.max_nonfinite_steps = 20        # a NaN/inf loss or gradient skips the step on every rank; stop after this many in a row
 config.channels_last = False           # NHWC memory format for the backbone (faster convolutions on CPU)
 config.tf32 = True                     # GPU: TF32 matrix products and convolutions (Ampere and newer; tools/train.py)
+config.record_reader = "auto"          # train.rec reader: "mxnet" (upstream's MXFaceDataset) | "python" (no mxnet, same data) | "auto" (mxnet if it imports)
 config.loader_uint8 = True             # loader workers ship uint8 images, normalised on the device (tools/train.py)
 
 # ---- Partial FC ------------------------------------------------------------------------------

@@ -219,3 +219,17 @@ def test_synthetic_option_trains_with_finite_losses(tmp_path, data, loss):
     assert r.returncode == 0, r.stdout[-3000:]
     s = _summary(tmp_path / "out")
     assert s["steps"] == 8 and all(h["loss"] == h["loss"] for h in s["history"])  # no NaN
+
+
+def test_python_record_reader_trains_exactly_like_mxnets(tmp_path, data):
+    """record_reader="python" (no mxnet) reads the same images, labels and order as upstream's
+    MXFaceDataset: the same losses, bit for bit, on one process with num_workers=0."""
+    losses = {}
+    for reader in ("mxnet", "python"):
+        cfg = _config(tmp_path / reader, data, num_epoch=1) if (tmp_path / reader).mkdir() is None else None
+        r = _run([cfg, f"record_reader={reader!r}"])
+        assert r.returncode == 0, r.stdout[-3000:]
+        losses[reader] = _losses(_summary(tmp_path / reader / "out"))
+    assert len(losses["python"]) == 12 and losses["python"] == losses["mxnet"]
+    r = _run([_config(tmp_path, data), "record_reader='tfrecord'"])
+    assert r.returncode == 2 and "record_reader must be 'auto', 'mxnet' or 'python'" in r.stdout

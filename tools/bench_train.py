@@ -446,6 +446,7 @@ def aggregate(runs: list[dict]) -> dict:
                 "data_wait_source", "grad_scale_source", "syncs_method", "syncs_reason", "command"):
         out[key] = first.get(key)
     out["step_s_all"] = [r["step_s"] for r in ok]
+    out["s_per_row_by_round"] = {r["round"]: r["s_per_row"] for r in ok if r.get("round") is not None}
     out["skipped_steps"] = max(r.get("skipped_steps") or 0 for r in ok)
     for key in SYNC_KEYS:
         if key not in MEDIAN_KEYS:
@@ -474,6 +475,13 @@ def ratios(arms: dict, qgface_arm: str) -> dict:
                                                   if None not in (cq, ca, rows_q, rows_a) else None)
         out[f"compute_per_step_vs_equal_{tag}"] = _ratio(cq, ca)
         out[f"peak_memory_vs_equal_{tag}"] = _ratio(q.get("peak_memory_bytes"), a.get("peak_memory_bytes"))
+        # robust to load that drifts between rounds: the median of the rounds' own ratios (the arms of a
+        # round run back to back), and the ratio of the fastest rounds
+        qr, ar = q.get("s_per_row_by_round") or {}, a.get("s_per_row_by_round") or {}
+        both = [qr[k] / ar[k] for k in qr if k in ar and qr[k] and ar[k]]
+        out[f"per_row_vs_equal_{tag}_paired"] = _median(both) if both else None
+        out[f"per_row_vs_equal_{tag}_fastest"] = (_ratio(min(qr.values()), min(ar.values()))
+                                                  if qr and ar else None)
     return out
 
 
@@ -519,6 +527,8 @@ def print_table(arms: dict, order: list[str], all_ratios: dict, targets: dict) -
         print(f"{q} / ArcFace: per forwarded row {_fmt(r['per_row_vs_equal_rows'])}x vs equal rows, "
               f"{_fmt(r['per_row_vs_equal_images'])}x vs equal images; per step {_fmt(r['per_step_vs_equal_rows'])}x "
               f"(equal rows), {_fmt(r['per_step_vs_equal_images'])}x (equal images)")
+        print(f"  per row vs equal rows, robust to drifting load: median of the rounds' own ratios "
+              f"{_fmt(r['per_row_vs_equal_rows_paired'])}x, fastest round of each {_fmt(r['per_row_vs_equal_rows_fastest'])}x")
         print(f"  compute only (step - data wait) per row: {_fmt(r['compute_per_row_vs_equal_rows'])}x vs equal rows, "
               f"{_fmt(r['compute_per_row_vs_equal_images'])}x vs equal images; peak memory "
               f"{_fmt(r['peak_memory_vs_equal_rows'])}x (equal rows), {_fmt(r['peak_memory_vs_equal_images'])}x "

@@ -215,7 +215,7 @@ def main(argv=None) -> int:
     p.add_argument("--budget", type=float, default=470.0,
                    help="seconds for all stages together; each stage gets at most what is left (default: %(default)s)")
     p.add_argument("--stage-timeout", type=float, nargs=4, metavar=("ENV", "TESTS", "ONE", "ALL"),
-                   default=(60.0, 180.0, 200.0, 200.0), help="seconds per stage (default: %(default)s)")
+                   default=(60.0, 150.0, 240.0, 240.0), help="seconds per stage, at most (default: %(default)s)")
     p.add_argument("--skip", nargs="*", choices=STAGES, default=[], help="stages to leave out")
     p.add_argument("--network", default="r50", help="backbone of the training runs (default: %(default)s; r18 is faster)")
     p.add_argument("--batch", type=int, default=128, help="images per GPU of the QGFace runs (default: %(default)s)")

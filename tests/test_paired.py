@@ -139,3 +139,20 @@ def test_weighted_thirds_reproduce_quality_tar():
     sizes, (gen, acc) = SortedBins(q).sums(np.ones(n), labels == 1, (labels == 1) & (scores >= thr))
     ref = quality_tar(scores, labels, q, roc)
     assert [b["TAR@FAR=1e-1"] for b in ref] == [a / g for a, g in zip(acc, gen)]
+
+
+def test_weighted_roc_prefix_equals_the_whole_roc():
+    """With max_far the ROC of a resample is built over the highest scores first: same TARs and thresholds."""
+    rng = np.random.default_rng(6)
+    n = 4000
+    labels = (rng.random(n) < 0.1).astype(int)
+    scores = np.round(rng.normal(size=n) + 2 * labels, 2)  # ties
+    fars = (1e-3, 3e-3, 1e-2)
+    whole, fast = WeightedROC(scores, labels), WeightedROC(scores, labels, max_far=max(fars))
+    assert fast.prefix is not None and fast.prefix[1] < n // 4
+    for counts in [np.ones(n, int)] + list(bootstrap_counts(n, 20, seed=0)):
+        assert fast.tar_at_far(counts, fars) == whole.tar_at_far(counts, fars)
+    ref = tar_at_far(scores, labels, fars)
+    assert [fast.tar_at_far(np.ones(n, int), fars)[f][0] for f in fars] == [ref[far_key(f)] for f in fars]
+    # a FAR beyond the prefix falls back to the whole ROC
+    assert fast.tar_at_far(np.ones(n, int), [0.5]) == whole.tar_at_far(np.ones(n, int), [0.5])

@@ -95,22 +95,25 @@ def _verification_stat(items, variants, bins):
 
 
 def _ijb_stat(scores, labels, quality, keys, qkey, bins):
-    roc = WeightedROC(scores, labels)
     fars = {k: float(k.split("=", 1)[1]) for k in dict.fromkeys(list(keys) + [qkey])}
-    gen = (np.asarray(labels) == 1)
-    gen_f = gen.astype(np.float64)
-    s = np.asarray(scores, dtype=np.float64)
+    roc = WeightedROC(scores, labels, max_far=max(fars.values()))
     sb = SortedBins(quality, bins) if bins else None
+    if sb is not None:  # in quality order once: a resample then gathers its counts only
+        gen_q = sb.sort(np.asarray(labels) == 1)
+        s_q = sb.sort(scores)
 
     def stat(counts):
         got = roc.tar_at_far(counts, list(fars.values()))
         out = {k: got[fars[k]][0] for k in keys}
         if sb is not None:
             thr = got[fars[qkey]][1]
-            acc = (gen & (s >= thr)).astype(np.float64) if thr is not None else np.zeros(len(s))
-            _thirds(out, f"{qkey}", sb, counts, acc, within=gen_f)
-            if thr is None:
-                out.update({k: None for k in out if k.startswith(f"{qkey}, ")})
+            acc = gen_q * (s_q >= thr) if thr is not None else np.zeros(len(s_q))
+            _, (num, den) = sb.sums_sorted(sb.sort(counts), acc, gen_q)
+            vals = [_ratio(a, g) if thr is not None else None for a, g in zip(num, den)]
+            for name, v in zip(sb.names, vals):
+                out[f"{qkey}, {name} {'third' if len(sb.names) == 3 else 'bin'}"] = v
+            out[f"{qkey}, gap (highest − lowest)"] = (None if vals[0] is None or vals[-1] is None
+                                                      else vals[-1] - vals[0])
         return out
     return stat
 

@@ -39,23 +39,26 @@ def _strata(strata, n):
     return [np.flatnonzero(s == v) for v in np.unique(s)]
 
 
-def resample_counts(rng, n, strata=None) -> np.ndarray:
-    """One resample with replacement as counts ``[n]`` (sum n); with ``strata``, per stratum (its size kept)."""
+def _draw(rng, n, groups) -> np.ndarray:
+    if groups is None:  # one stratum: the draws are the item indices themselves
+        return np.bincount(rng.integers(0, n, n), minlength=n)
     counts = np.zeros(n, dtype=np.int64)
-    for idx in _strata(strata, n):
+    for idx in groups:
         counts += np.bincount(idx[rng.integers(0, len(idx), len(idx))], minlength=n)
     return counts
+
+
+def resample_counts(rng, n, strata=None) -> np.ndarray:
+    """One resample with replacement as counts ``[n]`` (sum n); with ``strata``, per stratum (its size kept)."""
+    return _draw(rng, n, None if strata is None else _strata(strata, n))
 
 
 def bootstrap_counts(n, resamples, seed=0, strata=None):
     """``resamples`` seeded resamples (:func:`resample_counts`)."""
     rng = np.random.default_rng(seed)
-    groups = _strata(strata, n)
+    groups = None if strata is None else _strata(strata, n)
     for _ in range(int(resamples)):
-        counts = np.zeros(n, dtype=np.int64)
-        for idx in groups:
-            counts += np.bincount(idx[rng.integers(0, len(idx), len(idx))], minlength=n)
-        yield counts
+        yield _draw(rng, n, groups)
 
 
 def all_resamples(n):
@@ -171,7 +174,8 @@ class SortedBins:
     """Quantile bins of a resample, as :func:`~qgface_plugin.eval.quality_view.quality_split` makes them on the
     resampled items (``np.repeat(arange(n), counts)``): sorted by quality (stable, so ties by item index, the
     copies of an item together) and cut into ``bins`` near-equal groups (the first ``N % bins`` one larger).
-    A copy count that straddles a cut is split between the two bins."""
+    A copy count that straddles a cut is split between the two bins. The bins are contiguous in quality
+    order, so a resample costs one gather of its counts, one cumulative sum and a dot product per value."""
 
     def __init__(self, quality, bins=3):
         q = np.asarray(quality, dtype=np.float64).reshape(-1)
@@ -179,30 +183,37 @@ class SortedBins:
         self.bins = int(bins)
         self.names = ["lowest", "middle", "highest"] if self.bins == 3 else [f"q{i + 1}" for i in range(self.bins)]
 
+    def sort(self, values) -> np.ndarray:
+        """``values`` (item order) in quality order, as float64 (for :meth:`sums_sorted`)."""
+        return np.asarray(values, dtype=np.float64)[self.order]
+
     def sums(self, counts, *values):
         """``(sizes [bins], [per value: sums [bins]])``: each bin's number of resampled items and the sum of
         each ``value`` (``[n]``, item order) over them."""
-        c = np.asarray(counts, dtype=np.float64)[self.order]
+        return self.sums_sorted(self.sort(counts), *(self.sort(v) for v in values))
+
+    def sums_sorted(self, c, *values):
+        """:meth:`sums` with the counts and values already in quality order (:meth:`sort`)."""
+        n = len(c)
         cum = np.cumsum(c)
-        start = cum - c
-        total = int(round(cum[-1])) if len(c) else 0
+        total = int(round(cum[-1])) if n else 0
         sizes = np.full(self.bins, total // self.bins)
         sizes[: total % self.bins] += 1
         cuts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.float64)
-        prefix = [np.concatenate([[0.0], np.cumsum(c * np.asarray(v, dtype=np.float64)[self.order])]) for v in values]
-        vs = [np.asarray(v, dtype=np.float64)[self.order] for v in values]
         out = [np.zeros(self.bins) for _ in values]
         for j in range(self.bins):
             lo, hi = cuts[j], cuts[j + 1]
             if hi <= lo:
                 continue
             a = int(np.searchsorted(cum, lo, "right"))   # first item ending after lo
-            b = int(np.searchsorted(start, hi, "left"))  # first item starting at or after hi
+            b = int(np.searchsorted(cum, hi, "left"))    # first item ending at or after hi ...
+            if b < n and cum[b] - c[b] < hi:             # ... is in the bin when it starts before hi
+                b += 1
             if b <= a:
                 continue
-            cut_left, cut_right = max(lo - start[a], 0.0), max(cum[b - 1] - hi, 0.0)
-            for s, p, v in zip(out, prefix, vs):
-                s[j] = (p[b] - p[a]) - cut_left * v[a] - cut_right * v[b - 1]
+            cut_left, cut_right = max(lo - (cum[a] - c[a]), 0.0), max(cum[b - 1] - hi, 0.0)
+            for s, v in zip(out, values):
+                s[j] = float(np.dot(c[a:b], v[a:b])) - cut_left * v[a] - cut_right * v[b - 1]
         return sizes, out
 
 
@@ -210,45 +221,77 @@ class WeightedROC:
     """TAR@FAR of a resample exactly as :func:`~qgface_plugin.eval.ijb.tar_at_far` computes it on the
     resampled pairs (``sklearn.metrics.roc_curve`` with its default ``drop_intermediate``, nearest ROC point
     to each FAR, ties to the largest TPR), from the counts alone: the scores are sorted once, each resample
-    sums its weights per distinct score."""
+    sums its weights per distinct score.
 
-    def __init__(self, scores, labels):
+    With ``max_far`` (the largest FAR that will be asked), a resample first builds the ROC over the highest
+    scores only -- down to about 3 ``max_far`` of the impostor pairs -- which holds every point near those
+    FARs (a point's fate under ``drop_intermediate`` depends on its neighbours only); when the nearest point
+    is not safely inside that prefix, the whole ROC is built. The result is the same either way (tested)."""
+
+    def __init__(self, scores, labels, max_far=None):
         s = np.asarray(scores, dtype=np.float64).reshape(-1)
         self.labels = np.asarray(labels).reshape(-1) == 1
         self.scores = s
         self.order = np.argsort(s, kind="mergesort")[::-1]
         ss = s[self.order]
-        self.gen_sorted = self.labels[self.order].astype(np.float64)
+        self.gen_sorted = self.labels[self.order].astype(np.int64)
         self.starts = np.concatenate([[0], np.flatnonzero(np.diff(ss)) + 1]) if len(ss) else np.zeros(0, int)
         self.group_score = ss[self.starts] if len(ss) else ss
+        self.prefix = None  # (groups, items) of the high-score prefix
+        if max_far is not None and len(ss):
+            n_imp = int((~self.labels).sum())
+            ends = np.r_[self.starts[1:], len(ss)] - 1
+            imp_at_end = np.cumsum(1 - self.gen_sorted)[ends]
+            need = int(np.ceil(3 * float(max_far) * n_imp)) + 50
+            g = int(np.searchsorted(imp_at_end, need))
+            if g + 1 < len(self.starts):
+                self.prefix = (g + 1, int(self.starts[g + 1]))
+
+    def _curve(self, counts, groups, items):
+        w = np.asarray(counts)[self.order[:items]].astype(np.int64)
+        starts = self.starts[:groups]
+        gp = np.add.reduceat(w * self.gen_sorted[:items], starts)
+        gt = np.add.reduceat(w, starts)
+        keep = gt != 0
+        tps, fps, thr = np.cumsum(gp[keep]), np.cumsum((gt - gp)[keep]), self.group_score[:groups][keep]
+        if len(fps) > 2:
+            opt = np.flatnonzero(np.r_[True, np.logical_or(np.diff(fps, 2), np.diff(tps, 2)), True])
+            tps, fps, thr = tps[opt], fps[opt], thr[opt]
+        return np.r_[0, tps], np.r_[0, fps], np.r_[np.inf, thr]
 
     def roc(self, counts):
         """``(fpr, tpr, thresholds)`` of the resample, as ``roc_curve`` returns them; ``None`` without a genuine
         or an impostor pair."""
-        w = np.asarray(counts, dtype=np.float64)[self.order]
-        if len(w) == 0:
+        if len(self.scores) == 0:
             return None
-        gp = np.add.reduceat(w * self.gen_sorted, self.starts)
-        gn = np.add.reduceat(w * (1.0 - self.gen_sorted), self.starts)
-        keep = (gp + gn) != 0
-        tps, fps, thr = np.cumsum(gp[keep]), np.cumsum(gn[keep]), self.group_score[keep]
-        if len(fps) > 2:
-            opt = np.flatnonzero(np.r_[True, np.logical_or(np.diff(fps, 2), np.diff(tps, 2)), True])
-            tps, fps, thr = tps[opt], fps[opt], thr[opt]
-        tps, fps, thr = np.r_[0.0, tps], np.r_[0.0, fps], np.r_[np.inf, thr]
+        tps, fps, thr = self._curve(counts, len(self.starts), len(self.scores))
         if fps[-1] <= 0 or tps[-1] <= 0:
             return None
         return fps / fps[-1], tps / tps[-1], thr
 
-    def tar_at_far(self, counts, fars):
-        """``{far: (TAR, threshold)}`` of the resample (``(None, None)`` for each when undefined)."""
-        roc = self.roc(counts)
-        if roc is None:
-            return {far: (None, None) for far in fars}
-        fpr, tpr, thr = roc
+    @staticmethod
+    def _nearest(fpr, tpr, thr, fars):
         out = {}
         for far in fars:
             d = np.abs(fpr - far)
             idx = int(np.flatnonzero(d == d.min())[-1])
-            out[far] = (float(tpr[idx]), float(thr[idx]))
+            out[far] = (float(tpr[idx]), float(thr[idx]), idx, float(d[idx]))
         return out
+
+    def tar_at_far(self, counts, fars):
+        """``{far: (TAR, threshold)}`` of the resample (``(None, None)`` for each when undefined)."""
+        if self.prefix is not None:
+            c = np.asarray(counts)
+            total_gen = int(np.dot(c, self.labels))
+            total_imp = int(c.sum()) - total_gen
+            if total_gen > 0 and total_imp > 0:
+                tps, fps, thr = self._curve(c, *self.prefix)
+                fpr, tpr = fps / total_imp, tps / total_gen
+                got = self._nearest(fpr, tpr, thr, fars)
+                last = len(fpr) - 1
+                if all(idx < last and dist < fpr[-1] - far for far, (_, _, idx, dist) in got.items()):
+                    return {far: v[:2] for far, v in got.items()}
+        roc = self.roc(counts)
+        if roc is None:
+            return {far: (None, None) for far in fars}
+        return {far: v[:2] for far, v in self._nearest(*roc, fars).items()}

@@ -82,6 +82,7 @@ def test_missing_data_wait_gives_no_compute_ratio():
                         {"error": "exit code 1"}])
     assert agg["rounds"] == 3 and agg["rounds_ok"] == 2 and agg["errors"] == ["exit code 1"]
     assert agg["step_s"] == 1.5 and agg["data_wait_s"] is None and agg["skipped_steps"] == 1
+    assert agg["round_spread"] == 2.0
 
 
 def _bench(*flags, timeout=300):
@@ -123,6 +124,7 @@ def test_quick_run_reports_every_arm_and_ratio():
         assert res["syncs_reason"]
     else:
         assert res["syncs_per_step"] >= 1 and res["syncs_method"]   # at least the step's non-finite flag
+    assert res["round_spread_max"] == 1.0 and res["noisy"] is False   # one round
     m = res["machine"]
     assert m["cores"] >= 1 and m["cpu"] and len(m["loadavg_start"]) == 3
 

@@ -81,6 +81,7 @@ QUICK = dict(config="qgface_demo_cpu", network="mbf", batch=2, steps=3, frequent
              embedding_size=32)
 TARGETS = {"cpu": {"per_row": 1.10}, "cuda": {"per_row": 1.05, "peak_memory": 1.10}}
 ARCFACE_ARMS = ("arcface_rows", "arcface_images")
+NOISY_SPREAD = 1.25   # an arm whose rounds differ more than this in s/step ran on a busy machine
 
 
 # ---------------------------------------------------------------------------------------------
@@ -447,6 +448,7 @@ def aggregate(runs: list[dict]) -> dict:
         out[key] = first.get(key)
     out["step_s_all"] = [r["step_s"] for r in ok]
     out["s_per_row_by_round"] = {r["round"]: r["s_per_row"] for r in ok if r.get("round") is not None}
+    out["round_spread"] = max(out["step_s_all"]) / min(out["step_s_all"]) if min(out["step_s_all"]) > 0 else None
     out["skipped_steps"] = max(r.get("skipped_steps") or 0 for r in ok)
     for key in SYNC_KEYS:
         if key not in MEDIAN_KEYS:
@@ -637,8 +639,14 @@ def main(argv=None) -> int:
     targets = {q: check_targets(device, bool(s["fp16"]), all_ratios[q]) for q in qg_arms}
     headline = all_ratios[qg_arms[0]] if qg_arms else {}
     load_after = _loadavg()
+    spreads = [a["round_spread"] for a in agg.values() if a.get("round_spread")]
+    spread = max(spreads) if spreads else None
+    noisy = spread is not None and spread > NOISY_SPREAD
     print()
     print_table(agg, arms, all_ratios, targets)
+    if noisy:
+        print(f"WARNING: one arm's rounds differ up to {spread:.2f}x in s/step (> {NOISY_SPREAD}x): the machine was "
+              "not quiet, so these ratios are not a speed result; the paired/fastest ones are the least affected")
     print(f"machine: load average {load_before} at start, {load_after} at end ({cores} cores); "
           f"total {time.time() - t_start:.0f} s")
     counted = next((agg[q] for q in qg_arms if agg[q].get("syncs_per_step") is not None), {})
@@ -654,7 +662,7 @@ def main(argv=None) -> int:
                     "device_name": next((a.get("device_name") for a in agg.values() if a.get("device_name")), None)},
         "headline_per_row_ratio": headline.get("per_row_vs_equal_rows"),
         "headline_arm": qg_arms[0] if qg_arms else None,
-        "ratios": all_ratios, "targets": targets,
+        "ratios": all_ratios, "targets": targets, "round_spread_max": spread, "noisy": noisy,
         "syncs_per_step": syncs, "plugin_sync_ops_per_step": counted.get("plugin_sync_ops_per_step"),
         "syncs_method": counted.get("syncs_method"),
         "syncs_reason": None if syncs is not None else next(

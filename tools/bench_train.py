@@ -667,7 +667,8 @@ def main(argv=None) -> int:
         "syncs_method": counted.get("syncs_method"),
         "syncs_reason": None if syncs is not None else next(
             (agg[q].get("syncs_reason") for q in qg_arms if agg[q].get("syncs_reason")), None),
-        "arms": agg, "runs": {a: [{k: v for k, v in r.items() if k != "command"} for r in rs] for a, rs in runs.items()},
+        "arms": agg, "runs": {a: [{k: v for k, v in r.items() if k not in ("command", "sync_sites")} for r in rs]
+                 for a, rs in runs.items()},
         "ok": all(a.get("rounds_ok") == a.get("rounds") for a in agg.values()),
         "total_s": round(time.time() - t_start, 1),
     }

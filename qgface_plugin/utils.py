@@ -3,7 +3,7 @@ import contextlib
 
 import torch
 
-__all__ = ["at_least_fp32", "keep_torch_threads", "import_mxnet"]
+__all__ = ["at_least_fp32", "keep_torch_threads", "import_mxnet", "cpu_model"]
 
 
 def at_least_fp32(t: torch.Tensor) -> torch.Tensor:
@@ -28,3 +28,16 @@ def import_mxnet():
     with keep_torch_threads():
         import mxnet
     return mxnet
+
+
+def cpu_model() -> str:
+    """The CPU's model name, for benchmark reports (absolute speeds differ ~2x between CPUs of one kind)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+    return platform.processor() or platform.machine()

@@ -38,6 +38,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from qgface_plugin.utils import cpu_model
+
 
 def _median_times(fns, repeats):
     """Run each fn alternately `repeats` times; returns the median seconds of each."""
@@ -178,19 +180,6 @@ def bench_transform(num_images, repeats):
             "two_view_vs_decode_ratio": round(t_two / t_decode, 3)}
 
 
-def _cpu_model():
-    """The CPU's model name (absolute speeds differ about 2x between CPUs of one kind)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-    return platform.processor() or platform.machine()
-
-
 def _pct(share):
     return f"{100 * share:.2g}%" if share else "0%"
 
@@ -246,7 +235,7 @@ def main(argv=None):
     if args.quick:
         args.classes, args.batch, args.dim, args.repeats, args.images = [512], 16, 64, 2, 50
 
-    result = {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpu": _cpu_model(),
+    result = {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpu": cpu_model(),
               "heads": []}
     print(f"QGFace head vs plain ArcFace head, forward+backward, B={args.batch} images "
           f"({2 * args.batch} rows), D={args.dim}, median of {args.repeats}, {torch.get_num_threads()} threads")

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -37,16 +36,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from qgface_plugin.recordio import RecordReader  # noqa: E402
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+from qgface_plugin.utils import cpu_model  # noqa: E402
 
 
 def _make_set(folder: Path, images: int) -> Path:
@@ -151,7 +141,7 @@ def main(argv=None) -> dict:
             times[name]["img"].append(_timed(img_fn, keys))
     n = len(keys)
     result = {"bench": "records", "images": n, "rounds": args.rounds, "index_entries": len(reader),
-              "mean_record_bytes": round(rec_bytes / n, 1), "cpu": _cpu_model(),
+              "mean_record_bytes": round(rec_bytes / n, 1), "cpu": cpu_model(),
               "synthetic": args.rec is None, "mxnet": mx.__version__ if mx is not None else None,
               "mxnet_error": mx_error}
     for name in names:

@@ -59,6 +59,8 @@ import threading
 import time
 from pathlib import Path
 
+from qgface_plugin.utils import cpu_model
+
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN = ROOT / "tools" / "train.py"
 LAUNCHER_FLAG = "--as-train-launcher"
@@ -254,17 +256,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _loadavg():

@@ -68,14 +68,10 @@ def _nonfinite_flag(loss: torch.Tensor, grad_norm: torch.Tensor, other_grads) ->
 
 
 def _mark_skipped(scaler, opt) -> None:
-    """Make the scaler's next ``update()`` back off, as after an inf found by its own check."""
-    state = getattr(scaler, "_per_optimizer_states", {}).get(id(opt), {})
-    found = state.get("found_inf_per_device")
-    if found:
-        for t in found.values():
-            t.fill_(1.0)
-    else:  # not unscaled this step: the public way (keeps the growth tracker)
-        scaler.update(scaler.get_scale() * scaler.get_backoff_factor())
+    """Make the scaler's next ``update()`` back off, as after an inf found by its own check: mark
+    the inf flags its ``unscale_(opt)`` of this step recorded (GradScaler's per-optimizer state)."""
+    for t in scaler._per_optimizer_states[id(opt)]["found_inf_per_device"].values():
+        t.fill_(1.0)
 
 
 def optimizer_step(loss: torch.Tensor, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler,

@@ -92,11 +92,6 @@ class Quality:
         sl = slice(self.rank * n, (self.rank + 1) * n)
         return Quality(self.ms[sl], self.qhat[sl], self.hq[sl], self.threshold, 0, n, self.finite)
 
-    def rows(self, index: torch.Tensor) -> "Quality":
-        """The rows ``index`` (a long tensor) of this object, as a rank-less Quality."""
-        return Quality(self.ms.index_select(0, index), self.qhat.index_select(0, index),
-                       self.hq.index_select(0, index), self.threshold, 0, index.numel(), self.finite)
-
     @property
     def partitioned(self) -> bool:
         """False when b = 0: the authors' "no partition" (everything classified and contrasted)."""

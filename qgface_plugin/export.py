@@ -1,7 +1,7 @@
 """Export a trained backbone to ONNX for the pip ``insightface`` package, and check the result.
 
 * :func:`load_backbone` rebuilds an arcface_torch backbone (``get_model`` of the upstream folder found by
-  :func:`qgface_plugin.upstream.find_root`) and loads a ``model.pt`` (or a ``checkpoint_gpu_*.pt``) into it.
+  :func:`qgface_plugin.arcface.upstream.find_root`) and loads a ``model.pt`` (or a ``checkpoint_gpu_*.pt``) into it.
 * :func:`export_onnx` writes a single-file ONNX model with input ``input`` ``[N,3,112,112]`` (float32,
   RGB, already normalised to [-1, 1] exactly as in training) and one output ``embedding``: the *raw*
   backbone output, not L2-normalised, so its norm can still serve as the quality score. The batch axis is
@@ -109,13 +109,13 @@ def load_backbone(network, model_path, embedding_size=None, root=None) -> torch.
         network: arcface_torch backbone name (``r50``, ``mbf``, ...).
         model_path: ``model.pt`` (a state dict) or ``checkpoint_gpu_*.pt`` (uses ``state_dict_backbone``).
         embedding_size: D; inferred from the state dict's last BatchNorm1d when ``None``.
-        root: arcface_torch folder (default: :func:`qgface_plugin.upstream.find_root`).
+        root: arcface_torch folder (default: :func:`qgface_plugin.arcface.upstream.find_root`).
 
     Raises:
         QGFaceConfigError: missing/unreadable file, unknown network, D not inferable, or keys/shapes that
             do not fit the network (the message lists some and names the network that fits, if any).
     """
-    from . import upstream
+    from .arcface import upstream
 
     state = read_state_dict(model_path)
     inferred = infer_embedding_size(state)

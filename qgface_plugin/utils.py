@@ -1,9 +1,14 @@
-"""Small helpers shared by the components."""
+"""Small helpers shared by every layer (one home each): dtype promotion, mxnet import, atomic file writes,
+a free TCP port, the CPU's name."""
 import contextlib
+import os
+import socket
+import tempfile
+from pathlib import Path
 
 import torch
 
-__all__ = ["at_least_fp32", "keep_torch_threads", "import_mxnet", "cpu_model"]
+__all__ = ["at_least_fp32", "keep_torch_threads", "import_mxnet", "cpu_model", "atomic_write", "free_port"]
 
 
 def at_least_fp32(t: torch.Tensor) -> torch.Tensor:
@@ -41,3 +46,33 @@ def cpu_model() -> str:
         pass
     import platform
     return platform.processor() or platform.machine()
+
+
+def atomic_write(path, write, suffix: str = "", fsync: bool = False) -> Path:
+    """Write ``path`` all or nothing: ``write(tmp)`` fills a temporary file beside it (same folder, so the
+    rename is atomic; its name ends with ``suffix``, for writers such as ``np.savez`` that append one), which
+    then replaces ``path``. A crash or an exception leaves ``path`` as it was and no temporary file behind.
+    ``fsync=True`` flushes the data to disk before the rename (checkpoints: a power cut must not leave a
+    renamed but empty file). Creates the folder. Returns ``path`` as a ``Path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        if fsync:
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that is free on ``host`` now (for a single-node rendezvous); the OS picks it."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]

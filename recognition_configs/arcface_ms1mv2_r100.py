@@ -1,6 +1,6 @@
 """ArcFace baseline (single view) on MS1MV2 (faces_emore), IResNet-100: arcface_torch's configs/ms1mv2_r100.py.
 
-Twins derive from this file (qgface_plugin.config.derive), so they differ only in what they change.
+Twins derive from this file (qgface_plugin.arcface.config.derive), so they differ only in what they change.
 Set `rec` to your faces_emore folder.
 """
 from easydict import EasyDict as edict

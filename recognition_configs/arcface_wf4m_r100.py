@@ -1,7 +1,7 @@
 """ArcFace baseline (single view) on WebFace4M, IResNet-100: arcface_torch's configs/wf4m_r100.py with an
 ArcFace margin (upstream's own WebFace recipe is CosFace: cosface_wf4m_r100.py).
 
-Twins derive from this file (qgface_plugin.config.derive). Set `rec` to your WebFace4M folder.
+Twins derive from this file (qgface_plugin.arcface.config.derive). Set `rec` to your WebFace4M folder.
 """
 from easydict import EasyDict as edict
 

@@ -10,8 +10,8 @@ import torch
 
 from _models import TinyCNN, export_tiny_onnx
 from qgface_plugin.eval import cli, compare
-from qgface_plugin.synthetic import make_dataset
-from qgface_plugin.synthetic_eval import make_ijb, make_scface, make_tinyface
+from qgface_plugin.synthetic.faces import make_dataset
+from qgface_plugin.synthetic.benchmarks import make_ijb, make_scface, make_tinyface
 
 ROOT = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("compare_models", ROOT / "tools" / "compare_models.py")

@@ -2,7 +2,7 @@
 import pytest
 
 from qgface_plugin import QGFaceConfigError
-from qgface_plugin.config import available_configs, load_config, parse_overrides, validate_config
+from qgface_plugin.arcface.config import available_configs, load_config, parse_overrides, validate_config
 
 
 def _write(tmp_path, body, name="job.py"):

@@ -25,8 +25,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from qgface_plugin import MarginClassifier, QGFaceLoss, build_margin
-from qgface_plugin.device_data import DeviceBatches
-from qgface_plugin.optim_step import optimizer_step
+from qgface_plugin.arcface.device_data import DeviceBatches
+from qgface_plugin.arcface.optim_step import optimizer_step
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(),
                                 reason="no CUDA device (torch.cuda.is_available() is False): CUDA-only checks")

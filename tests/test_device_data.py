@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from qgface_plugin import FlipTransform, QGFaceInputError, TwoViewTransform
-from qgface_plugin.device_data import DeviceBatches, check_labels_on_host
+from qgface_plugin.arcface.device_data import DeviceBatches, check_labels_on_host
 
 
 class _Loader:

@@ -1,6 +1,6 @@
 """Our IJB-B/C evaluator (tools/eval_ijb.py) against upstream arcface_torch's eval_ijbc.py, run unmodified.
 
-On one synthetic IJB-C tree (qgface_plugin.synthetic_eval) and one seeded r18 ``model.pt``, upstream's script
+On one synthetic IJB-C tree (qgface_plugin.synthetic.benchmarks) and one seeded r18 ``model.pt``, upstream's script
 (through tools/run_upstream.py, on CPU) and ours, with its defaults (upstream's protocol: flip sum, norm kept,
 detector-score weighting), must give the same pair scores and the same TAR@FAR table at upstream's printed
 precision; so must ours on the model exported to ONNX.
@@ -45,9 +45,9 @@ _MAKE_MODEL = r"""
 import sys
 import numpy as np
 import torch
-from qgface_plugin import upstream
+from qgface_plugin.arcface import upstream
 from qgface_plugin.export import calibrate_batchnorm
-from qgface_plugin.synthetic_eval import aligned_face
+from qgface_plugin.synthetic.benchmarks import aligned_face
 
 out, seed = sys.argv[1], int(sys.argv[2])
 torch.manual_seed(0)
@@ -89,7 +89,7 @@ def _as_upstream_table(tar_at_far: dict) -> dict:
 
 @pytest.fixture(scope="module")
 def upstream_run(tmp_path_factory):
-    from qgface_plugin.synthetic_eval import make_ijb
+    from qgface_plugin.synthetic.benchmarks import make_ijb
     work = tmp_path_factory.mktemp("ijb_upstream")
     tree = work / "tree"
     info = make_ijb(tree, **TREE)

@@ -17,7 +17,7 @@ from qgface_plugin.errors import QGFaceInputError
 from qgface_plugin.eval import FeatureExtractor, evaluate, evaluate_bin, load_bin, lowres_variant
 from qgface_plugin.eval.features import preprocess
 from qgface_plugin.eval.verification import fold_indices, pair_quality, pair_quality_bins
-from qgface_plugin.synthetic import make_dataset, write_verification_bin
+from qgface_plugin.synthetic.faces import make_dataset, write_verification_bin
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
@@ -99,7 +99,7 @@ def test_evaluate_rejects_bad_shapes():
 
 @pytest.mark.skipif(not os.environ.get("ARCFACE_TORCH_ROOT"), reason="ARCFACE_TORCH_ROOT not set")
 def test_evaluate_matches_upstream_verification():
-    from qgface_plugin import upstream
+    from qgface_plugin.arcface import upstream
     ver = upstream.load().verification
     rng = np.random.default_rng(1)
     for n_pairs, signal in ((200, 0.8), (203, 1.5), (600, 0.5)):
@@ -484,7 +484,7 @@ def test_tool_errors(bin_dir, onnx_model, tmp_path, capsys):
 
 @pytest.mark.skipif(not os.environ.get("ARCFACE_TORCH_ROOT"), reason="ARCFACE_TORCH_ROOT not set")
 def test_tool_pt_model_with_upstream_backbone(bin_dir, tmp_path):
-    from qgface_plugin import upstream
+    from qgface_plugin.arcface import upstream
     net = upstream.load().get_model("r18", dropout=0.0, fp16=False, num_features=32)
     torch.save({"module." + k: v for k, v in net.state_dict().items()}, tmp_path / "model.pt")
     out = tmp_path / "out"
@@ -498,7 +498,7 @@ def test_tool_pt_model_with_upstream_backbone(bin_dir, tmp_path):
 @pytest.mark.skipif(not os.environ.get("ARCFACE_TORCH_ROOT"), reason="ARCFACE_TORCH_ROOT not set")
 def test_whole_pipeline_matches_upstream_test(bin_dir):
     """Our load_bin + FeatureExtractor(flip="sum") + evaluate == upstream verification.test on the same data."""
-    from qgface_plugin import upstream
+    from qgface_plugin.arcface import upstream
     ver = upstream.load().verification
     images, issame = load_bin(bin_dir / "lfw.bin")
     net = TinyCNN().eval()

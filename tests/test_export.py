@@ -163,7 +163,7 @@ def _tool(*args):
 
 @pytest.fixture(scope="module")
 def mbf_model_pt(tmp_path_factory):
-    from qgface_plugin import upstream
+    from qgface_plugin.arcface import upstream
     ns = upstream.load(UPSTREAM_ENV)
     torch.manual_seed(0)
     with warnings.catch_warnings():

@@ -11,7 +11,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from _ddp import spawn_workers
 from qgface_plugin.errors import QGFaceConfigError, QGFaceNonFiniteError
-from qgface_plugin.optim_step import NonFiniteSteps, optimizer_step
+from qgface_plugin.arcface.optim_step import NonFiniteSteps, optimizer_step
 
 STEPS = 6
 

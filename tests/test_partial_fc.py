@@ -1,4 +1,4 @@
-"""QGFace's Partial FC subclass (qgface_plugin.partial_fc) on upstream's real ``PartialFC_V2``.
+"""QGFace's Partial FC subclass (qgface_plugin.arcface.partial_fc) on upstream's real ``PartialFC_V2``.
 
 ``hq_mode="subset"`` on 2 gloo ranks (class centres sharded 3 + 3) and on 1 process, against a
 plain cross-entropy computed here on the whole batch and the whole weight:
@@ -19,7 +19,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from qgface_plugin import upstream
+from qgface_plugin.arcface import upstream
 
 try:  # tests/ may or may not be a package
     from . import _ddp
@@ -62,7 +62,7 @@ def _quality(rows, rank, world):
 def subset_run(rank: int, world: int) -> dict:
     """Every scenario through QGFacePartialFC(hq_mode="subset"): loss, gradients, this rank's shard."""
     from qgface_plugin.margins import build_margin
-    from qgface_plugin.partial_fc import qgface_partial_fc
+    from qgface_plugin.arcface.partial_fc import qgface_partial_fc
     ns = upstream.load(UPSTREAM_ENV)
     cls = qgface_partial_fc(sys.modules[ns.PartialFC_V2.__module__])
     emb, labels, weight = _inputs()
@@ -127,7 +127,7 @@ SAMPLED_HQ_ROWS = [0, 5, 7]  # classes 0 and 1: rank 1 (world 2) samples a rando
 def subset_sampled_run(rank: int, world: int) -> dict:
     """hq_mode="subset" with sample_rate 0.5: loss, gradients and the sampled classes of this rank."""
     from qgface_plugin.margins import build_margin
-    from qgface_plugin.partial_fc import qgface_partial_fc
+    from qgface_plugin.arcface.partial_fc import qgface_partial_fc
     ns = upstream.load(UPSTREAM_ENV)
     cls = qgface_partial_fc(sys.modules[ns.PartialFC_V2.__module__])
     emb, labels, weight = _inputs()

@@ -1,4 +1,4 @@
-"""patches/*.patch and qgface_plugin.arcface_hooks: upstream's own train_v2.py trains QGFace.
+"""patches/*.patch and qgface_plugin.arcface.hooks: upstream's own train_v2.py trains QGFace.
 
 The hook tests at the top always run. The others need a copy of arcface_torch at the pinned
 commit named by ``ARCFACE_TORCH_ROOT`` and skip without it: they copy it into a temporary folder,
@@ -27,8 +27,8 @@ import torch
 from easydict import EasyDict as edict
 
 from _proc import free_port, run_guarded
-from qgface_plugin import arcface_hooks as hooks
-from qgface_plugin import upstream
+from qgface_plugin.arcface import hooks
+from qgface_plugin.arcface import upstream
 from qgface_plugin.errors import QGFaceConfigError, QGFaceInputError
 from qgface_plugin.views import TwoViewTransform
 
@@ -217,7 +217,7 @@ def patched(pristine, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def records(tmp_path_factory) -> Path:
-    from qgface_plugin.synthetic import make_dataset
+    from qgface_plugin.synthetic.faces import make_dataset
     out = tmp_path_factory.mktemp("records")
     make_dataset(out, num_identities=IDS, images_per_identity=PER_ID, num_val_identities=4, val_pairs=40, seed=0)
     return out
@@ -388,7 +388,7 @@ def test_train_v2_arcface_is_unchanged_by_the_patch(pristine, patched, records, 
 @needs_upstream
 def test_train_v2_qgface_without_the_plugin_says_what_is_missing(patched, records, tmp_path):
     cfg_dir = _config(tmp_path, "qg_missing", records, loss="qgface")
-    block = ("import runpy, sys; sys.modules['qgface_plugin.arcface_hooks'] = None; sys.argv = sys.argv[1:]; "
+    block = ("import runpy, sys; sys.modules['qgface_plugin.arcface.hooks'] = None; sys.argv = sys.argv[1:]; "
              "runpy.run_path(sys.argv[0], run_name='__main__')")
     proc = _train_v2(patched, cfg_dir, "qg_missing", tmp_path, prefix=("-c", block))
     assert proc.returncode != 0
@@ -455,7 +455,7 @@ def test_train_v2_runs_as_users_run_it(patched, records, tmp_path):
     assert frames and max(frames) > _past_imports_line(patched / "train_v2.py"), proc.stdout[-4000:]
     assert re.search(r"NCCL|CUDA|GPU", proc.stdout), proc.stdout[-4000:]
     load = ("from utils.utils_config import get_config\n"
-            "from qgface_plugin import arcface_hooks as qgface_hooks\n"
+            "from qgface_plugin.arcface import hooks as qgface_hooks\n"
             f"cfg = get_config('configs/{name}')\n"
             "print('qgface', qgface_hooks.configure(cfg), cfg.qgface_lambda, cfg.qgface_queue_size)\n")
     proc = run_guarded([sys.executable, "-c", load], 120, cwd=patched, env=env)

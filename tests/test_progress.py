@@ -1,7 +1,7 @@
 """Progress: logs on rank 0 every `frequent` steps only, and its speed medians skip the first window."""
 import torch
 
-from qgface_plugin.progress import Progress, format_eta, peak_memory
+from qgface_plugin.arcface.progress import Progress, format_eta, peak_memory
 
 
 def test_logs_every_frequent_steps_on_rank_0_only(capsys):

@@ -1,4 +1,4 @@
-"""qgface_plugin.recordio: the mxnet-free reader of insightface record sets.
+"""qgface_plugin.formats.recordio: the mxnet-free reader of insightface record sets.
 
 Two groups of tests:
 
@@ -31,7 +31,7 @@ import pytest
 import torch
 
 from qgface_plugin import QGFaceInputError
-from qgface_plugin.recordio import MAGIC, RecordDataset, RecordIOError, RecordReader, decode_image, unpack
+from qgface_plugin.formats.recordio import MAGIC, RecordDataset, RecordIOError, RecordReader, decode_image, unpack
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -454,7 +454,7 @@ def test_dataset_default_transform(header0_set):
 def test_imports_and_reads_without_mxnet(header0_set):
     code = (
         "import sys; sys.modules['mxnet'] = None\n"  # `import mxnet` raises ImportError from here on
-        "from qgface_plugin.recordio import RecordReader, RecordDataset\n"
+        "from qgface_plugin.formats.recordio import RecordReader, RecordDataset\n"
         f"r = RecordReader({str(header0_set[0])!r}); ds = RecordDataset({str(header0_set[0])!r})\n"
         "img, label = r.read_image(1); x, y = ds[0]\n"
         "assert img.shape == (20, 24, 3) and x.shape == (3, 20, 24) and int(y) == 0, (img.shape, x.shape, y)\n"
@@ -528,12 +528,12 @@ def test_mxnet_writer_pack_img(tmp_path):
 @needs_mxnet
 def test_project_writer(tmp_path):
     """(b) this project's writer: synthetic.make_dataset (write_train_rec: header0 + identity records)."""
-    from qgface_plugin.synthetic import make_dataset
+    from qgface_plugin.synthetic.faces import make_dataset
     make_dataset(tmp_path, num_identities=5, images_per_identity=3, num_val_identities=2, val_pairs=40, seed=2)
     r = assert_same_as_mxnet(tmp_path)
     assert r.header0 == (16, 21) and r.imgidx.tolist() == list(range(1, 16))
     assert r.identity_ranges().tolist() == [[1 + 3 * i, 4 + 3 * i] for i in range(5)]
-    from qgface_plugin.records import check_record_dataset
+    from qgface_plugin.arcface.records import check_record_dataset
     assert check_record_dataset(tmp_path, num_classes=5)["header0"] == r.header0
 
 
@@ -654,7 +654,7 @@ UPSTREAM_ENV = os.environ.get("ARCFACE_TORCH_ROOT")
 @needs_mxnet
 @pytest.mark.skipif(not UPSTREAM_ENV, reason="ARCFACE_TORCH_ROOT not set: the MXFaceDataset comparison needs arcface_torch")
 def test_dataset_matches_mxfacedataset(header0_set, tmp_path):
-    from qgface_plugin import upstream
+    from qgface_plugin.arcface import upstream
     ns = upstream.load(UPSTREAM_ENV)
     imgs = images(3, seed=17)
     ref_write(tmp_path / "flat", [(k, ref_pack(float(k), jpg(im), id_=k)) for k, im in zip([2, 0, 1], imgs)])

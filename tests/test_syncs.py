@@ -20,8 +20,8 @@ import sys
 import pytest
 import torch
 
-from qgface_plugin import (MarginClassifier, QGFaceInputError, QGFaceLoss, build_margin, contrastive, margins,
-                           upstream)
+from qgface_plugin import MarginClassifier, QGFaceInputError, QGFaceLoss, build_margin, contrastive, margins
+from qgface_plugin.arcface import upstream
 from qgface_plugin.classifier import check_labels
 from qgface_plugin.syncs import count_host_syncs
 
@@ -242,7 +242,7 @@ def ddp_syncs(rank: int, world: int, with_partial_fc: bool) -> dict:
                 recs += [str(r) for r in syncs]
             out[(mode, b, lam, mask)] = {"plugin": recs, "other": []}
         return out
-    from qgface_plugin.partial_fc import qgface_partial_fc
+    from qgface_plugin.arcface.partial_fc import qgface_partial_fc
     ns = upstream.load(UPSTREAM_ENV)
     cls = qgface_partial_fc(sys.modules[ns.PartialFC_V2.__module__])
     with upstream.partial_fc_cpu_shim():

@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 import pytest
 
-from qgface_plugin import synthetic as S
+from qgface_plugin.synthetic import faces as S
 
 mx = pytest.importorskip("mxnet")
 

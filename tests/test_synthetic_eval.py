@@ -1,4 +1,4 @@
-"""The synthetic benchmarks (qgface_plugin.synthetic_eval): the IJB-B/C tree (layout, alignment, determinism,
+"""The synthetic benchmarks (qgface_plugin.synthetic.benchmarks): the IJB-B/C tree (layout, alignment, determinism,
 pair labels), TinyFace and SCface (parsed by the evaluators' own listers, quality ordering) and make_benchmarks
 (found by tools/eval_suite.py, tools/make_synthetic_benchmarks.py)."""
 import hashlib
@@ -15,7 +15,7 @@ from qgface_plugin.errors import QGFaceConfigError
 from qgface_plugin.eval.ijb import read_meta
 from qgface_plugin.eval.scface import list_scface, select_subjects
 from qgface_plugin.eval.tinyface import list_tinyface
-from qgface_plugin.synthetic_eval import (SIZES, SUMMARY_FILE, aligned_face, make_benchmarks, make_ijb, make_scface,
+from qgface_plugin.synthetic.benchmarks import (SIZES, SUMMARY_FILE, aligned_face, make_benchmarks, make_ijb, make_scface,
                                           make_tinyface, scface_image, tinyface_image)
 
 SMALL = dict(num_subjects=5, templates_per_subject=3, seed=7, lq_fraction=0.4)
@@ -291,7 +291,7 @@ def test_scface_defaults_cover_both_protocols(tmp_path):
 
 
 def test_ijbb_gets_other_subjects_than_ijbc():
-    from qgface_plugin.synthetic_eval import _ijb_seed
+    from qgface_plugin.synthetic.benchmarks import _ijb_seed
     assert _ijb_seed(0, "IJBC") == 0 and _ijb_seed(0, "IJBB") not in (0, 1)
     assert _ijb_seed(0, "IJBB") == _ijb_seed(0, "IJBB") != _ijb_seed(1, "IJBB")
     assert set(SIZES) == {"small", "medium"} and "IJBB" in SIZES["medium"]

@@ -29,7 +29,7 @@ pytestmark = pytest.mark.skipif(not UPSTREAM, reason="ARCFACE_TORCH_ROOT not set
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    from qgface_plugin.synthetic import make_dataset
+    from qgface_plugin.synthetic.faces import make_dataset
     root = tmp_path_factory.mktemp("data")
     make_dataset(root, num_identities=8, images_per_identity=6, num_val_identities=4, val_pairs=40, seed=3)
     return root
@@ -41,7 +41,7 @@ def _config(tmp_path, data, **extra):
             "num_epoch": 2, "num_workers": 0, "frequent": 1, "val_targets": [], "qgface_queue_size": 64,
             "output": str(tmp_path / "out"), **extra}
     path = tmp_path / "cfg.py"
-    path.write_text("from qgface_plugin.config import derive\n"
+    path.write_text("from qgface_plugin.arcface.config import derive\n"
                     f"config = derive('qgface_demo_cpu', **{body!r})\n")
     return path
 

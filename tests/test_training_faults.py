@@ -23,7 +23,7 @@ pytestmark = pytest.mark.skipif(not UPSTREAM, reason="ARCFACE_TORCH_ROOT not set
 LAUNCHER = '''
 import os, sys
 import torch
-from qgface_plugin import training
+from qgface_plugin.arcface import training
 
 rank_s, steps_s = os.environ["QGFACE_TEST_INJECT"].split(":")
 RANK, STEPS = int(rank_s), {int(s) for s in steps_s.split(",")}

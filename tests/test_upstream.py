@@ -1,4 +1,4 @@
-"""qgface_plugin.upstream, tools/fetch_arcface_torch.py and tools/run_upstream.py.
+"""qgface_plugin.arcface.upstream, tools/fetch_arcface_torch.py and tools/run_upstream.py.
 
 Tests marked ``needs_upstream`` use a real arcface_torch folder at the pinned commit, named by
 ``ARCFACE_TORCH_ROOT``, and skip without it. The others build what they need in tmp_path (fake
@@ -24,7 +24,7 @@ import pytest
 import torch
 
 from _proc import free_port, run_guarded
-from qgface_plugin import upstream
+from qgface_plugin.arcface import upstream
 from qgface_plugin.errors import QGFaceConfigError
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -10,7 +10,7 @@
    :func:`~qgface_plugin.eval.ijb.template_features` with upstream's default options (norm and detector
    score kept).
 2. Extraction: arcface_torch's ``--extract-network`` (default r50), built with upstream's ``get_model``
-   through :func:`qgface_plugin.upstream.load` (``--arcface-root`` or ``ARCFACE_TORCH_ROOT``), exported
+   through :func:`qgface_plugin.arcface.upstream.load` (``--arcface-root`` or ``ARCFACE_TORCH_ROOT``), exported
    with :func:`qgface_plugin.export.export_onnx` to a temporary folder, then timed with
    :class:`qgface_plugin.eval.features.FeatureExtractor` (``flip="none"``) on the torch module and on the
    .onnx file: the same ``--extract-batches`` batches of ``--extract-batch`` random uint8 112x112x3 images,
@@ -106,7 +106,7 @@ def _backbone(args):
     or QGFaceConfigError (a --model that cannot be read or does not fit)."""
     import torch
 
-    from qgface_plugin import upstream
+    from qgface_plugin.arcface import upstream
     from qgface_plugin.export import _build, calibrate_batchnorm, load_backbone
 
     root = upstream.find_root(args.arcface_root)  # UpstreamNotFoundError (a QGFaceConfigError) when absent
@@ -130,7 +130,7 @@ def bench_extract(args):
     """(figures dict, None) or (None, reason skipped)."""
     if args.skip_extract:
         return None, "--skip-extract"
-    from qgface_plugin.upstream import (UpstreamAPIError, UpstreamConflictError, UpstreamDependencyError,
+    from qgface_plugin.arcface.upstream import (UpstreamAPIError, UpstreamConflictError, UpstreamDependencyError,
                                         UpstreamNotFoundError)
     try:
         importlib.import_module("onnx")  # torch.onnx.export needs it

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Benchmark the mxnet-free record reader (qgface_plugin.recordio) against mxnet's, side by side.
+"""Benchmark the mxnet-free record reader (qgface_plugin.formats.recordio) against mxnet's, side by side.
 
 On one record set (``--rec DIR``, or a synthetic one written to a temporary folder: 112x112 JPEGs at
 quality 95, as insightface's packs hold), in one process:
@@ -35,12 +35,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from qgface_plugin.recordio import RecordReader  # noqa: E402
+from qgface_plugin.formats.recordio import RecordReader  # noqa: E402
 from qgface_plugin.utils import cpu_model  # noqa: E402
 
 
 def _make_set(folder: Path, images: int) -> Path:
-    from qgface_plugin.synthetic import make_dataset
+    from qgface_plugin.synthetic.faces import make_dataset
     per = 20
     make_dataset(folder, num_identities=max(1, -(-images // per)), images_per_identity=per, num_val_identities=2,
                  val_pairs=40, seed=0)

@@ -163,7 +163,7 @@ def launcher(argv) -> int:
     """``bench_train.py --as-train-launcher <tools/train.py args>``: run tools/train.py with hooks."""
     import runpy
     import torch
-    import qgface_plugin.training as training
+    import qgface_plugin.arcface.training as training
 
     out_prefix = os.environ.get(HOOKS_ENV)
     skip = int(os.environ.get(SKIP_ENV, "0"))
@@ -178,7 +178,7 @@ def launcher(argv) -> int:
 
     original_step = getattr(training, "train_step", None)
     if original_step is None:
-        record["syncs_reason"] = record["syncs_reason"] or "qgface_plugin.training has no train_step to wrap"
+        record["syncs_reason"] = record["syncs_reason"] or "qgface_plugin.arcface.training has no train_step to wrap"
         counter = None
     else:
         calls = [0]

@@ -11,7 +11,7 @@ and print the summary.
 
 Everything lands in --output: data/ (train.rec/.idx, .bin sets, preview.png), train/ (model.pt,
 checkpoints, tensorboard/, summary.json), benchmarks/ (synthetic IJBC/, tinyface/, scface/ of identities
-not in training; qgface_plugin.synthetic_eval.make_benchmarks), eval/ (the suite's summary.md/.json and
+not in training; qgface_plugin.synthetic.benchmarks.make_benchmarks), eval/ (the suite's summary.md/.json and
 each evaluator's report) and demo_summary.json. data/ and benchmarks/ are reused when they were made
 with the same settings. arcface_torch comes from --arcface-root, $ARCFACE_TORCH_ROOT or
 third_party/arcface_torch (tools/fetch_arcface_torch.py).
@@ -26,13 +26,13 @@ import sys
 import time
 from pathlib import Path
 
-from qgface_plugin import upstream
-from qgface_plugin.config import load_config
+from qgface_plugin.arcface import upstream
+from qgface_plugin.arcface.config import load_config
 from qgface_plugin.errors import QGFaceConfigError, QGFaceInputError
 
 
 def _make_data(out: Path, args) -> dict:
-    from qgface_plugin.synthetic import make_dataset
+    from qgface_plugin.synthetic.faces import make_dataset
     summary_path = out / "dataset.json"
     if summary_path.is_file():
         info = json.loads(summary_path.read_text())
@@ -45,18 +45,18 @@ def _make_data(out: Path, args) -> dict:
     info = make_dataset(out, num_identities=args.identities, images_per_identity=args.images_per_identity,
                         num_val_identities=args.val_identities, val_pairs=args.val_pairs, seed=args.seed)
     import cv2
-    from qgface_plugin.synthetic import contact_sheet
+    from qgface_plugin.synthetic.faces import contact_sheet
     cv2.imwrite(str(out / "preview.png"), contact_sheet(out, rows=8, cols=12)[..., ::-1])
     return info
 
 
 def _make_benchmarks(out: Path, args) -> dict:
-    from qgface_plugin.synthetic_eval import SUMMARY_FILE, make_benchmarks
+    from qgface_plugin.synthetic.benchmarks import SUMMARY_FILE, make_benchmarks
     summary_path = out / SUMMARY_FILE
     if summary_path.is_file():
         info = json.loads(summary_path.read_text())
         if (info.get("generator"), info.get("format_version"), info.get("seed"), info.get("size")) == \
-                ("qgface_plugin.synthetic_eval", 1, args.seed, args.benchmarks_size):
+                ("qgface_plugin.synthetic.benchmarks", 1, args.seed, args.benchmarks_size):
             print(f"[demo] reusing the benchmarks in {out}", flush=True)
             return {**info, "seconds": 0.0}
         shutil.rmtree(out)  # made by an earlier demo with other settings: start afresh
@@ -199,7 +199,7 @@ def main(argv=None) -> int:
     try:
         cfg = load_config(args.config, overrides)
         print(f"[demo] training {cfg.loss} ({cfg.network}, batch {cfg.batch_size}, {cfg.num_epoch} epochs)", flush=True)
-        from qgface_plugin.training import train
+        from qgface_plugin.arcface.training import train
         summary = train(cfg, str(root))
     except (QGFaceConfigError, QGFaceInputError) as exc:
         print(f"error: {exc}", file=sys.stderr)

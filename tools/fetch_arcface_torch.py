@@ -8,7 +8,7 @@
 
 Steps: ``git archive <commit> recognition/arcface_torch | tar -x`` into a temporary folder beside the
 destination; ``git apply -p1`` of every ``patches/*.patch`` (sorted; written against the
-arcface_torch folder, paths like ``a/train_v2.py``); ``qgface_plugin.upstream.check_api`` on the
+arcface_torch folder, paths like ``a/train_v2.py``); ``qgface_plugin.arcface.upstream.check_api`` on the
 result (in a child process, so this process imports nothing from it); a ``QGFACE_UPSTREAM.json``
 record (commit, source, patches); then a rename into ``--dest``. An existing destination is only
 replaced with ``--force``. Without ``--source`` the repository is cloned with
@@ -33,10 +33,10 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 try:
-    from qgface_plugin import upstream
+    from qgface_plugin.arcface import upstream
 except ImportError:  # run from a checkout without `pip install -e .`
     sys.path.append(str(REPO))
-    from qgface_plugin import upstream
+    from qgface_plugin.arcface import upstream
 
 DEFAULT_URL = "https://github.com/deepinsight/insightface"
 DEFAULT_DEST = upstream.DEFAULT_DIR
@@ -168,12 +168,12 @@ def apply_patches(folder: Path, patches_dir: Path) -> list:
 
 
 def verify(folder: Path) -> None:
-    """``qgface_plugin.upstream.check_api(folder)`` in a child process (its imports stay out of this one)."""
-    _log("checking the API (qgface_plugin.upstream.check_api) ...")
+    """``qgface_plugin.arcface.upstream.check_api(folder)`` in a child process (its imports stay out of this one)."""
+    _log("checking the API (qgface_plugin.arcface.upstream.check_api) ...")
     env = dict(os.environ)
     env.pop(upstream.ENV_VAR, None)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    proc = subprocess.run([sys.executable, "-m", "qgface_plugin.upstream", str(folder)],
+    proc = subprocess.run([sys.executable, "-m", "qgface_plugin.arcface.upstream", str(folder)],
                           capture_output=True, text=True, env=env)
     for line in proc.stderr.splitlines():
         if "UpstreamVersionWarning" in line or "differs from insightface commit" in line:

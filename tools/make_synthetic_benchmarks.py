@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 from qgface_plugin.errors import QGFaceConfigError
-from qgface_plugin.synthetic_eval import SIZES, SUMMARY_FILE, make_benchmarks
+from qgface_plugin.synthetic.benchmarks import SIZES, SUMMARY_FILE, make_benchmarks
 
 
 def build_parser():

@@ -18,7 +18,7 @@ import os
 import sys
 import time
 
-from qgface_plugin.synthetic import contact_sheet, make_dataset
+from qgface_plugin.synthetic.faces import contact_sheet, make_dataset
 
 
 def _non_negative_int(text):

@@ -7,7 +7,7 @@ CUDA, the CPU shims.
 
 What it does before running SCRIPT as ``__main__`` (``runpy.run_path``):
 
-1. ``qgface_plugin.upstream.load(ROOT)`` (``--root``, else ``ARCFACE_TORCH_ROOT``, else
+1. ``qgface_plugin.arcface.upstream.load(ROOT)`` (``--root``, else ``ARCFACE_TORCH_ROOT``, else
    ``third_party/arcface_torch``): checks the API and applies ``apply_fixes`` (SciPy ``interp1d`` in
    ``eval/verification.py``, numpy aliases).
 2. ``install_lr_scheduler_compat`` (torch >= 2.7 removed ``verbose``, which ``PolynomialLRWarmup`` passes),
@@ -39,10 +39,10 @@ import sys
 from pathlib import Path
 
 try:
-    from qgface_plugin import upstream
+    from qgface_plugin.arcface import upstream
 except ImportError:  # run from a checkout without `pip install -e .`
     sys.path.append(str(Path(__file__).resolve().parents[1]))
-    from qgface_plugin import upstream
+    from qgface_plugin.arcface import upstream
 from qgface_plugin.errors import QGFaceConfigError
 
 
@@ -74,7 +74,7 @@ def set_synthetic_length(ns, n: int) -> None:
 
 
 def prepare(root=None, config_dirs=(), synthetic_len=None, fixed_port=False):
-    """Steps 1-6 of the module docstring; returns :func:`qgface_plugin.upstream.load`'s namespace."""
+    """Steps 1-6 of the module docstring; returns :func:`qgface_plugin.arcface.upstream.load`'s namespace."""
     ns = upstream.load(root)
     upstream.install_lr_scheduler_compat()
     upstream.install_tensorboard_fallback()

@@ -10,7 +10,7 @@ arcface_torch is found through --arcface-root, $ARCFACE_TORCH_ROOT or third_part
 """
 import sys
 
-from qgface_plugin.training import main
+from qgface_plugin.arcface.training import main
 
 if __name__ == "__main__":
     sys.exit(main())

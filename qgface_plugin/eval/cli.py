@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..cli import HelpFormatter
 from ..errors import QGFaceConfigError, QGFaceInputError
 from . import erc as erc_mod
 from .features import FLIP_MODES, FeatureExtractor, load_model
@@ -45,18 +46,6 @@ ERC_FLAGS = (
                               "curve itself is exact); 0 = no band")),
     ("--erc-seed", dict(type=int, default=0, help="seed of those random rejection orders")),
 )
-
-
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows every flag's default, unless the flag is required or its help already says it."""
-
-    def _get_help_string(self, action):
-        if action.required or "default" in (action.help or "").lower():
-            return action.help
-        if isinstance(action.default, (list, tuple)):  # a list as it is typed: 8 12 16 20
-            shown = " ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in action.default) or "none"
-            return f"{action.help} (default: {shown.replace('%', '%%')})"
-        return super()._get_help_string(action)
 
 
 def evaluator_parser(description: str, data_help: str, data_required: bool = True) -> argparse.ArgumentParser:

@@ -42,7 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import QGFaceInputError
+from ..errors import QGFaceInputError
 
 try:  # OpenCV decodes exactly as mxnet's bundled OpenCV does (tests/test_recordio.py)
     import cv2

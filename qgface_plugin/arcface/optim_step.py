@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-from .errors import QGFaceConfigError, QGFaceNonFiniteError
+from ..errors import QGFaceConfigError, QGFaceNonFiniteError
 
 __all__ = ["optimizer_step", "NonFiniteSteps"]
 

@@ -3,7 +3,7 @@
 ``patches/0002-train_v2-qgface.patch`` adds a few calls to these functions to upstream's
 ``train_v2.py``; all the logic lives here. The patched script does, in order::
 
-    from qgface_plugin import arcface_hooks as qgface_hooks     # optional import (see below)
+    from qgface_plugin.arcface import hooks as qgface_hooks     # optional import (see below)
     cfg = get_config(args.config)
     qgface = qgface_hooks.configure(cfg)                        # loss check, qgface_* defaults
     train_loader = get_dataloader(...)
@@ -28,11 +28,11 @@ a clear ``ImportError`` for ``loss = "qgface"``.
 **Config.** Upstream's ``get_config`` merges a job config onto upstream's ``configs/base.py``,
 which has no ``qgface_*`` keys. :func:`configure` fills every missing ``qgface_*`` key with its
 default from ``recognition_configs/base.py`` and validates the config with
-:func:`qgface_plugin.config.validate_config` (an unknown ``qgface_*`` key is an error naming the
+:func:`qgface_plugin.arcface.config.validate_config` (an unknown ``qgface_*`` key is an error naming the
 closest valid key).
 
 **Model.** :func:`build` swaps upstream's ``PartialFC_V2`` for QGFace's subclass
-(:func:`qgface_plugin.partial_fc.qgface_partial_fc`: same constructor, ``weight``/``class_start``/
+(:func:`qgface_plugin.arcface.partial_fc.qgface_partial_fc`: same constructor, ``weight``/``class_start``/
 ``num_local`` layout and ``state_dict``, so upstream's optimizer grouping, checkpoints and resume
 keep working), with QGFace's HQ margin, and builds the :class:`~qgface_plugin.loss.QGFaceLoss`
 around it. The backbone sees both views in one ``[2B, 3, 112, 112]`` batch (H views, then L views).
@@ -58,10 +58,10 @@ import torch
 import torch.distributed as torch_dist
 
 from .config import LOSSES, base_config, validate_config
-from .errors import QGFaceConfigError, QGFaceInputError
+from ..errors import QGFaceConfigError, QGFaceInputError
 from .factory import (load_qgface_state_dict, qgface_loss, qgface_margin, qgface_state_dict,
                       threshold_at_step, two_view_transform)
-from .loss import QGFaceLoss
+from ..loss import QGFaceLoss
 from .partial_fc import qgface_partial_fc
 
 __all__ = ["enabled", "configure", "prepare_loader", "two_view_transform", "build", "stack_views", "loss",
@@ -101,7 +101,7 @@ def configure(cfg) -> bool:
     """Prepare upstream's config for QGFace, in place; returns :func:`enabled` (False: nothing changed).
 
     For QGFace: every ``qgface_*`` key the config lacks gets its default from
-    ``recognition_configs/base.py``; then :func:`qgface_plugin.config.validate_config` checks the
+    ``recognition_configs/base.py``; then :func:`qgface_plugin.arcface.config.validate_config` checks the
     whole config (unknown ``qgface_*`` keys with a suggestion, required keys, value ranges, no DALI).
     Keys that are not ``qgface_*`` are upstream's business: they are neither filled nor warned about.
 
@@ -192,7 +192,7 @@ def build(cfg, module_partial_fc):
             class; its initial weight is kept, so QGFace starts from the same class centres).
 
     Returns:
-        ``(pfc, criterion)``: the :func:`~qgface_plugin.partial_fc.qgface_partial_fc` subclass
+        ``(pfc, criterion)``: the :func:`~qgface_plugin.arcface.partial_fc.qgface_partial_fc` subclass
         instance (QGFace's HQ margin ``cfg.qgface_margin``, ``hq_mode``), to use as
         ``module_partial_fc``; and the :class:`~qgface_plugin.loss.QGFaceLoss` around it, in
         training mode, on the current CUDA device (or the CPU without CUDA).

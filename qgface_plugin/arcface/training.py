@@ -29,7 +29,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from . import upstream as upstream_mod
 from .config import load_config
-from .errors import QGFaceConfigError, QGFaceInputError, QGFaceNonFiniteError
+from ..errors import QGFaceConfigError, QGFaceInputError, QGFaceNonFiniteError
 from .factory import (load_qgface_state_dict, qgface_loss, qgface_margin, qgface_state_dict,
                       threshold_at_step, two_view_transform)
 from .device_data import DeviceBatches
@@ -37,7 +37,7 @@ from .optim_step import NonFiniteSteps, optimizer_step
 from .partial_fc import qgface_partial_fc
 from .progress import Progress, peak_memory
 from .records import check_record_dataset
-from .views import FlipTransform
+from ..views import FlipTransform
 
 __all__ = ["train", "setup_distributed", "CHECKPOINT_FORMAT"]
 
@@ -126,19 +126,19 @@ class SyntheticImages(torch.utils.data.Dataset):
 
 def record_dataset(cfg, ns, rank):
     """The record set as arcface_torch's ``MXFaceDataset`` (``record_reader="mxnet"``) or this
-    package's mxnet-free :class:`~qgface_plugin.recordio.RecordDataset` (``"python"``: same order,
+    package's mxnet-free :class:`~qgface_plugin.formats.recordio.RecordDataset` (``"python"``: same order,
     labels and pixels); ``"auto"`` takes mxnet's when it imports."""
     reader = cfg.record_reader
     if reader == "auto":
         try:
-            from .utils import import_mxnet
+            from ..utils import import_mxnet
             import_mxnet()
             reader = "mxnet"
         except ImportError:
             reader = "python"
     if reader == "mxnet":
         return ns.MXFaceDataset(root_dir=cfg.rec, local_rank=rank)
-    from .recordio import RecordDataset
+    from ..formats.recordio import RecordDataset
     return RecordDataset(root_dir=cfg.rec, local_rank=rank)
 
 
@@ -364,7 +364,7 @@ def train_step(images, labels, *, cfg, step, steps_per_epoch, backbone, pfc, cri
 
 
 def train(cfg, root: str | None = None) -> dict:
-    """Train with a loaded config (see :func:`qgface_plugin.config.load_config`); returns the summary."""
+    """Train with a loaded config (see :func:`qgface_plugin.arcface.config.load_config`); returns the summary."""
     rank, local_rank, world, device = setup_distributed()
     ns = upstream_mod.load(root)
     if device.type != "cuda" and cfg.fp16:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import QGFaceInputError
+from ..errors import QGFaceInputError
 
 __all__ = ["check_record_dataset"]
 
@@ -45,7 +45,7 @@ def check_record_dataset(root: str | os.PathLike, num_classes: int, full_scan: i
         decode_sample: images decoded (first, last and random ones).
     """
     import cv2
-    from .utils import import_mxnet
+    from ..utils import import_mxnet
     mx = import_mxnet()  # arcface_torch's reader; imported here so the package imports without it
 
     root = Path(root)

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import torch
 
-from .errors import QGFaceInputError
-from .views import normalise_images
+from ..errors import QGFaceInputError
+from ..views import normalise_images
 
 __all__ = ["DeviceBatches", "check_labels_on_host"]
 

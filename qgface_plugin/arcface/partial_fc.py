@@ -25,8 +25,8 @@ import torch
 import torch.distributed as torch_dist
 from torch.nn.functional import linear, normalize
 
-from .classifier import check_hq_mode
-from .quality import Quality
+from ..classifier import check_hq_mode
+from ..quality import Quality
 
 __all__ = ["qgface_partial_fc"]
 

@@ -48,7 +48,7 @@ import time
 import cv2
 import numpy as np
 
-from .errors import QGFaceConfigError
+from ..errors import QGFaceConfigError
 
 __all__ = [
     "draw_identity", "render_face", "degrade_quality", "encode_jpeg",
@@ -729,7 +729,7 @@ def write_train_rec(out_dir, samples, num_classes=None, size=112):
     Returns:
         ``(num_images, num_classes)``.
     """
-    from .utils import import_mxnet
+    from ..utils import import_mxnet
     mx = import_mxnet()  # lazy: the rest of the module needs only numpy + OpenCV
 
     os.makedirs(out_dir, exist_ok=True)
@@ -987,7 +987,7 @@ def make_dataset(out_dir, num_identities=100, images_per_identity=20, lq_fractio
     write_verification_bin(os.path.join(out_dir, files["val_lq"]), lq_imgs, lq_same)
 
     summary = {
-        "generator": "qgface_plugin.synthetic", "format_version": 1,
+        "generator": "qgface_plugin.synthetic.faces", "format_version": 1,
         "seed": seed, "size": size,
         "num_classes": num_identities, "images_per_identity": images_per_identity,
         "num_images": n_img, "lq_fraction": lq_fraction, "lq_images": n_lq * num_identities,
@@ -1013,7 +1013,7 @@ def make_dataset(out_dir, num_identities=100, images_per_identity=20, lq_fractio
 def read_rec_images(rec_dir, keys=None):
     """Read ``(key, label, rgb_image)`` from a header0 ``train.rec`` (mxnet's reader,
     decoded from JPEG to RGB). ``keys`` defaults to every image record."""
-    from .utils import import_mxnet
+    from ..utils import import_mxnet
     mx = import_mxnet()
 
     rec = mx.recordio.MXIndexedRecordIO(os.path.join(rec_dir, "train.idx"),

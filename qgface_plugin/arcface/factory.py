@@ -1,14 +1,14 @@
 """From a config to QGFace components: the one place that maps ``qgface_*`` keys to constructors.
 
-Used by our training loop (:mod:`qgface_plugin.training`) and by the hooks for upstream's patched
-``train_v2.py`` (:mod:`qgface_plugin.arcface_hooks`), so both build exactly the same things.
+Used by our training loop (:mod:`qgface_plugin.arcface.training`) and by the hooks for upstream's patched
+``train_v2.py`` (:mod:`qgface_plugin.arcface.hooks`), so both build exactly the same things.
 """
 from __future__ import annotations
 
-from .loss import QGFaceLoss
-from .margins import QualityMargin, build_margin
-from .quality import threshold_schedule
-from .views import TwoViewTransform
+from ..loss import QGFaceLoss
+from ..margins import QualityMargin, build_margin
+from ..quality import threshold_schedule
+from ..views import TwoViewTransform
 
 __all__ = ["two_view_transform", "qgface_margin", "qgface_loss", "qgface_state_dict",
            "load_qgface_state_dict", "threshold_at_step"]
@@ -32,7 +32,7 @@ def qgface_loss(cfg, classifier, check_labels: bool = True) -> QGFaceLoss:
     """:class:`~qgface_plugin.loss.QGFaceLoss` around a Partial-FC-like classifier, from the config.
 
     ``check_labels=False`` for a loop that checks each batch's labels on the host before copying it
-    (saves the per-step label check's device sync), as :mod:`qgface_plugin.training` does."""
+    (saves the per-step label check's device sync), as :mod:`qgface_plugin.arcface.training` does."""
     return QGFaceLoss(
         classifier, cfg.embedding_size, queue_size=cfg.qgface_queue_size, threshold=cfg.qgface_threshold,
         contrastive_weight=cfg.qgface_lambda, contrastive_scale=cfg.qgface_contrastive_scale,

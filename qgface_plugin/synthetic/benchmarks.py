@@ -4,10 +4,10 @@
 * :func:`make_tinyface` -- a TinyFace test split (``Probe/``, ``Gallery_Match/``, ``Gallery_Distractor/``).
 * :func:`make_scface` -- an SCface set (``all.txt`` + ``aligned_dir/<key>.jpg``, cameras x distances).
 * :func:`make_benchmarks` -- all of them under one root, in the layout ``tools/eval_suite.py --data ROOT``
-  discovers (the verification ``.bin`` sets come from :func:`qgface_plugin.synthetic.make_dataset`).
+  discovers (the verification ``.bin`` sets come from :func:`qgface_plugin.synthetic.faces.make_dataset`).
 
 Every identity of these sets is drawn from random streams of its own (purposes 31..) -- never the
-streams of :func:`qgface_plugin.synthetic.make_dataset`'s training identities (purpose 1) or its held-out
+streams of :func:`qgface_plugin.synthetic.faces.make_dataset`'s training identities (purpose 1) or its held-out
 ``.bin`` identities (purpose 11) -- so, like real benchmark subjects, they are new to a model trained on
 the synthetic training set.
 
@@ -31,8 +31,8 @@ arcface_torch's ``eval_ijbc.py`` / ``onnx_ijbc.py`` read: it aligns each image w
 (:data:`ARCFACE_TEMPLATE`) and ``cv2.warpAffine``.
 
 How an image is made: :func:`aligned_face` renders an aligned 112x112 face of the subject with
-:func:`qgface_plugin.synthetic.render_face` (degraded with
-:func:`~qgface_plugin.synthetic.degrade_quality` for a share ``lq_fraction`` of the images, as in the
+:func:`qgface_plugin.synthetic.faces.render_face` (degraded with
+:func:`~qgface_plugin.synthetic.faces.degrade_quality` for a share ``lq_fraction`` of the images, as in the
 training set), then a random similarity transform (scale 0.8-1.4, rotation +-20 deg, a translation
 that keeps the face region inside) places it in a ``crop_size`` canvas; outside the face image the
 canvas holds its edge pixels smeared outwards and blurred, so there are no flat borders. The
@@ -49,7 +49,7 @@ adjacent. Pairs: every genuine template pair (same subject, two different templa
 there are fewer), shuffled, each in a random orientation.
 
 Deterministic for a seed: every subject and every image has its own random stream keyed by
-``(seed, purpose, index)`` (:func:`qgface_plugin.synthetic`'s scheme, with purposes of their own).
+``(seed, purpose, index)`` (:func:`qgface_plugin.synthetic.faces`'s scheme, with purposes of their own).
 
 TinyFace
 --------
@@ -60,7 +60,7 @@ layout of AdaFace's aligned TinyFace copy that :mod:`qgface_plugin.eval.tinyface
 ``Gallery_Match/<i>_<k>.jpg`` (``k = P+1..P+G``, so every file name is unique); the distractors
 ``Gallery_Distractor/<j>.jpg`` (``j`` six digits, from 000001) are each one image of another identity, never
 a probe identity. Probes are what TinyFace probes are, tiny faces: rendered, shrunk to a side of 16..24 px
-(``INTER_AREA``) and scaled back, then degraded (:func:`~qgface_plugin.synthetic.degrade_quality`, level
+(``INTER_AREA``) and scaled back, then degraded (:func:`~qgface_plugin.synthetic.faces.degrade_quality`, level
 0..0.4: blur, noise, light, colour, JPEG). Gallery matches and distractors are mixed: a share
 ``gallery_lq_fraction`` is degraded at a level ``sqrt(U(0, 1))`` (as the training set), the rest clean.
 
@@ -91,8 +91,8 @@ import time
 import cv2
 import numpy as np
 
-from .errors import QGFaceConfigError
-from .synthetic import ARCFACE_TEMPLATE, _check_fraction, _check_int, _identity, _rng, degrade_quality, render_face
+from ..errors import QGFaceConfigError
+from .faces import ARCFACE_TEMPLATE, _check_fraction, _check_int, _identity, _rng, degrade_quality, render_face
 
 __all__ = ["make_ijb", "make_tinyface", "make_scface", "make_benchmarks", "aligned_face", "tinyface_image",
            "scface_image", "meta_paths",
@@ -211,7 +211,7 @@ def make_ijb(root, target="IJBC", num_subjects=12, templates_per_subject=3, medi
         dict with ``root``, ``target``, ``seed``, ``image_dir``, ``meta`` (:func:`meta_paths`),
         ``num_images``/``num_templates``/``num_medias``/``num_pairs``/``num_genuine``/``num_impostor``/
         ``num_lq``, per image row (file order) ``names``, ``subjects``, ``templates``, ``medias``,
-        ``levels`` (-1.0 = clean, else the :func:`~qgface_plugin.synthetic.degrade_quality` level),
+        ``levels`` (-1.0 = clean, else the :func:`~qgface_plugin.synthetic.faces.degrade_quality` level),
         ``scores`` (detector) and ``landmarks`` (``[N, 5, 2]`` float32, as written), and
         ``template_subject`` (tid -> subject) and the pairs ``p1``/``p2``/``labels`` (file order).
 
@@ -531,7 +531,7 @@ def make_benchmarks(root, seed=0, size="small") -> dict:
     ``root/tinyface/``, ``root/scface/``, ``root/IJBC/`` (and ``root/IJBB/`` for ``size="medium"``), plus
     ``root/benchmarks.json`` (the summary returned, less its ``seconds``).
 
-    The verification ``.bin`` sets are not made here: :func:`qgface_plugin.synthetic.make_dataset` writes them
+    The verification ``.bin`` sets are not made here: :func:`qgface_plugin.synthetic.faces.make_dataset` writes them
     with the training set (pass its folder as the suite's ``--bins``).
 
     Args:
@@ -572,7 +572,7 @@ def make_benchmarks(root, seed=0, size="small") -> dict:
                                   "impostor": ijb["num_impostor"]}
         folders[target.lower()] = target
         images += ijb["num_images"]
-    summary = {"generator": "qgface_plugin.synthetic_eval", "format_version": 1, "seed": seed, "size": size,
+    summary = {"generator": "qgface_plugin.synthetic.benchmarks", "format_version": 1, "seed": seed, "size": size,
                "counts": counts, "folders": folders, "images": images}
     with open(os.path.join(root, SUMMARY_FILE), "w") as f:
         json.dump(summary, f, indent=2)

@@ -24,7 +24,7 @@ Fixes for upstream on current libraries, each applied only when the installed li
 * :func:`install_menpo_stub`: a stand-in for ``menpo.visualize.viewmatplotlib`` (``eval_ijbc.py``
   imports it only for ``sample_colours_from_colourmap``) when ``menpo`` is not installed.
 
-Nothing happens at import time. ``python -m qgface_plugin.upstream [ROOT]`` prints the root found and
+Nothing happens at import time. ``python -m qgface_plugin.arcface.upstream [ROOT]`` prints the root found and
 runs :func:`check_api` on it.
 """
 from __future__ import annotations
@@ -45,7 +45,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import QGFaceConfigError
+from ..errors import QGFaceConfigError
 
 __all__ = [
     "PINNED_COMMIT", "ARCFACE_SUBDIR", "ENV_VAR", "DEFAULT_DIR", "REQUIRED_FILES", "PINNED_BLOBS",
@@ -70,7 +70,7 @@ MARKER_FILE = "partial_fc_v2.py"
 #: written into the folder by tools/fetch_arcface_torch.py.
 FETCH_RECORD = "QGFACE_UPSTREAM.json"
 #: the repository root (parent of this package's folder); a module attribute so tests can move it.
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 #: files the plugin relies on.
 REQUIRED_FILES = (
@@ -358,7 +358,7 @@ def _check_conflicts(root: Path) -> None:
         raise UpstreamConflictError(
             f"a module named '{name}' is already imported in this process from {where}, not from arcface_torch "
             f"at {root}. arcface_torch's modules use generic top-level names ({', '.join(GENERIC_NAMES)}), so "
-            "only one of each can be loaded per process: load arcface_torch (qgface_plugin.upstream.load) "
+            "only one of each can be loaded per process: load arcface_torch (qgface_plugin.arcface.upstream.load) "
             f"before the code that imports the other '{name}', or run that code in a separate process.")
 
 
@@ -407,7 +407,7 @@ def _import_modules(root: Path) -> dict:
             return _MODULES[key]
         fix_numpy_aliases()  # before mxnet (imported by dataset.py) needs np.bool
         importlib.invalidate_caches()
-        from .utils import keep_torch_threads
+        from ..utils import keep_torch_threads
         with keep_torch_threads():  # dataset.py imports mxnet, which sets torch to 1 thread
             mods = {name: _import_checked(name, root) for name in MODULES}
         _MODULES[key] = mods

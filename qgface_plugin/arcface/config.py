@@ -17,7 +17,7 @@ from typing import Iterable
 
 from easydict import EasyDict as edict
 
-from .errors import QGFaceConfigError
+from ..errors import QGFaceConfigError
 
 __all__ = ["load_config", "validate_config", "base_config", "derive", "config_dir", "available_configs", "parse_overrides",
            "LOSSES", "REQUIRED_KEYS"]

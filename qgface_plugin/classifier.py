@@ -38,23 +38,26 @@ HQ_MODES = ("gate", "subset")
 
 
 def check_hq_mode(mode: str) -> str:
+    """Validate ``hq_mode`` (one of :data:`HQ_MODES`); returns it."""
     if mode not in HQ_MODES:
         raise QGFaceConfigError(f"qgface_hq_mode must be one of {HQ_MODES}, got {mode!r}")
     return mode
 
 
-def check_labels(labels: torch.Tensor, num_classes: int, where: str = "batch") -> None:
-    """Raise if any label is outside [0, num_classes) (one device sync: the host reads the range).
+def check_labels(labels: torch.Tensor, num_classes: int, where: str = "the batch") -> None:
+    """Raise if any label is outside [0, num_classes); the message names the label and ``where`` it was.
 
-    A training loop that checks its labels on the host before copying them to the device can skip
-    this per-step check (``QGFaceLoss(check_labels=False)``)."""
+    The host reads the labels' range: one device sync for device labels, none for CPU ones. A training
+    loop that checks its batches on the host before copying them to the device (as this package's
+    does, ``where="a training batch"``) can skip the loss's per-step check
+    (``QGFaceLoss(check_labels=False)``)."""
     if labels.numel() == 0:
         return
     lo, hi = (int(v) for v in torch.aminmax(labels))
     if lo < 0 or hi >= num_classes:
         bad = hi if hi >= num_classes else lo
         raise QGFaceInputError(
-            f"label {bad} in the {where} is outside [0, num_classes={num_classes}); set num_classes "
+            f"label {bad} in {where} is outside [0, num_classes={num_classes}); set num_classes "
             "to the number of identities of the training set (its 'property' file)")
 
 

@@ -1,4 +1,7 @@
-"""Distributed helpers: the one place that knows about ``torch.distributed``.
+"""Distributed helpers: the core's one door to ``torch.distributed`` (rank, world size, gathers, sums).
+
+The core's modules reach ``torch.distributed`` only through these; the ``arcface/`` layer also calls it
+directly where arcface_torch's way needs it (the process group, barriers, Partial FC's collectives).
 
 Everything here degrades to a single process when no process group is initialised, so the same
 code runs on one CPU, one GPU or many ranks.

@@ -1,7 +1,5 @@
 """Export a trained backbone to ONNX for the pip ``insightface`` package, and check the result.
 
-* :func:`load_backbone` rebuilds an arcface_torch backbone (``get_model`` of the upstream folder found by
-  :func:`qgface_plugin.arcface.upstream.find_root`) and loads a ``model.pt`` (or a ``checkpoint_gpu_*.pt``) into it.
 * :func:`export_onnx` writes a single-file ONNX model with input ``input`` ``[N,3,112,112]`` (float32,
   RGB, already normalised to [-1, 1] exactly as in training) and one output ``embedding``: the *raw*
   backbone output, not L2-normalised, so its norm can still serve as the quality score. The batch axis is
@@ -10,15 +8,15 @@
   is routed to the recognition model with mean = std = 127.5 and that ``get_feat`` on BGR uint8 crops
   matches torch on the same crops.
 
-What insightface expects (see the project's research notes): routing is by shape only (a square input
->= 112 that is a multiple of 16 and one output gives a recognition model; a dynamic H/W gives ``None``);
-``get_feat`` always swaps BGR to RGB and applies ``(x - 127.5) / 127.5`` itself, so normalisation must
-*not* be part of the graph (it would be applied twice).
+The model is any ``torch.nn.Module`` (an arcface_torch backbone comes from
+:func:`qgface_plugin.arcface.backbone.load_backbone`). What insightface expects (its
+``model_zoo/model_zoo.py`` and ``model_zoo/arcface_onnx.py``): routing is by shape only (a square input >= 112
+that is a multiple of 16 and one output gives the recognition model ``ArcFaceONNX``; a dynamic H/W gives
+``None``); ``get_feat`` always swaps BGR to RGB and applies ``(x - 127.5) / 127.5`` itself, so normalisation
+must *not* be part of the graph (it would be applied twice).
 """
 from __future__ import annotations
 
-import os
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -27,157 +25,13 @@ import numpy as np
 import torch
 
 from .errors import QGFaceConfigError, QGFaceInputError
+from .utils import atomic_write
 
-__all__ = ["INPUT_NAME", "OUTPUT_NAME", "INPUT_SIZE", "KNOWN_NETWORKS", "read_state_dict", "infer_embedding_size",
-           "guess_network", "load_backbone", "calibrate_batchnorm", "export_onnx", "check_insightface",
-           "insightface_preprocess"]
+__all__ = ["INPUT_NAME", "OUTPUT_NAME", "INPUT_SIZE", "export_onnx", "check_insightface", "insightface_preprocess"]
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "embedding"
 INPUT_SIZE = 112
-#: backbones of arcface_torch tried when guessing which network a state dict belongs to.
-KNOWN_NETWORKS = ("r18", "r34", "r50", "r100", "r200", "mbf", "mbf_large", "vit_t", "vit_s", "vit_b")
-_PREFIXES = ("module.", "_orig_mod.")
-
-
-def read_state_dict(model_path) -> dict:
-    """The backbone state dict in ``model_path`` (a plain state dict, or a training checkpoint with
-    ``state_dict_backbone``), on CPU, with any ``module.``/``_orig_mod.`` prefix removed."""
-    path = Path(model_path)
-    if not path.is_file():
-        raise QGFaceConfigError(f"model file {path} does not exist (expected arcface_torch's model.pt "
-                                "or a checkpoint_gpu_*.pt)")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle errors, truncated files, not a torch file at all
-        raise QGFaceConfigError(f"cannot read {path} as a torch state dict: {type(exc).__name__}: {exc}. "
-                                "Save the backbone with torch.save(model.state_dict(), path).") from exc
-    if isinstance(obj, dict) and "state_dict_backbone" in obj:
-        obj = obj["state_dict_backbone"]
-    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise QGFaceConfigError(f"{path} does not hold a backbone state dict (a dict of tensors, or a checkpoint "
-                                "with 'state_dict_backbone')")
-    state = {}
-    for key, value in obj.items():
-        for prefix in _PREFIXES:
-            while key.startswith(prefix):
-                key = key[len(prefix):]
-        state[key] = value
-    return state
-
-
-def infer_embedding_size(state: dict):
-    """Embedding size D from the backbone's last BatchNorm1d (``features.*`` in IResNet and MobileFaceNet,
-    ``feature.*`` in ViT), or ``None`` when no such key exists."""
-    found = None
-    for key, value in state.items():
-        if key.split(".")[0] in ("features", "feature") and key.endswith("running_mean") and value.dim() == 1:
-            found = int(value.shape[0])
-    return found
-
-
-def _build(ns, network, embedding_size):
-    return ns.get_model(network, dropout=0.0, fp16=False, num_features=embedding_size)
-
-
-def _matches(model, state) -> bool:
-    ref = model.state_dict()
-    return set(ref) == set(state) and all(tuple(ref[k].shape) == tuple(state[k].shape) for k in ref)
-
-
-def guess_network(ns, state: dict, embedding_size, exclude=()):
-    """Name of the arcface_torch network whose state dict has exactly these keys and shapes, or ``None``.
-    Candidates are built on the meta device, so nothing is allocated."""
-    for name in KNOWN_NETWORKS:
-        if name in exclude:
-            continue
-        try:
-            with warnings.catch_warnings(), torch.device("meta"):
-                warnings.simplefilter("ignore")
-                model = _build(ns, name, embedding_size)
-        except Exception:  # a family this upstream lacks, or one that cannot build on meta
-            continue
-        if _matches(model, state):
-            return name
-    return None
-
-
-def load_backbone(network, model_path, embedding_size=None, root=None) -> torch.nn.Module:
-    """Build arcface_torch's ``network`` and load ``model_path`` into it (CPU, fp32, eval mode).
-
-    Args:
-        network: arcface_torch backbone name (``r50``, ``mbf``, ...).
-        model_path: ``model.pt`` (a state dict) or ``checkpoint_gpu_*.pt`` (uses ``state_dict_backbone``).
-        embedding_size: D; inferred from the state dict's last BatchNorm1d when ``None``.
-        root: arcface_torch folder (default: :func:`qgface_plugin.arcface.upstream.find_root`).
-
-    Raises:
-        QGFaceConfigError: missing/unreadable file, unknown network, D not inferable, or keys/shapes that
-            do not fit the network (the message lists some and names the network that fits, if any).
-    """
-    from .arcface import upstream
-
-    state = read_state_dict(model_path)
-    inferred = infer_embedding_size(state)
-    if embedding_size is None:
-        if inferred is None:
-            raise QGFaceConfigError(f"cannot infer the embedding size from {model_path} (no features.*/feature.* "
-                                    "BatchNorm1d running_mean); pass embedding_size (--embedding-size)")
-        embedding_size = inferred
-    embedding_size = int(embedding_size)
-    if embedding_size <= 0:
-        raise QGFaceConfigError(f"embedding_size must be positive, got {embedding_size}")
-    ns = upstream.load(root)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            model = _build(ns, network, embedding_size)
-    except ValueError as exc:
-        raise QGFaceConfigError(f"unknown network {network!r} for arcface_torch's get_model ({exc}); "
-                                f"known names include {', '.join(KNOWN_NETWORKS)}") from exc
-    ref = model.state_dict()
-    missing = sorted(set(ref) - set(state))
-    unexpected = sorted(set(state) - set(ref))
-    wrong = sorted(k for k in set(ref) & set(state) if tuple(ref[k].shape) != tuple(state[k].shape))
-    if missing or unexpected or wrong:
-        parts = []
-        for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)):
-            if keys:
-                parts.append(f"{len(keys)} {label} (e.g. {', '.join(keys[:4])})")
-        guess = guess_network(ns, state, embedding_size, exclude=(network,))
-        hint = (f"it looks like a {guess!r} model: use --network {guess}" if guess else
-                "check --network and --embedding-size")
-        raise QGFaceConfigError(f"{model_path} does not fit network {network!r} with embedding size "
-                                f"{embedding_size}: {'; '.join(parts)}. Network mismatch? {hint}")
-    model.load_state_dict(state, strict=True)
-    return model.float().eval()
-
-
-def calibrate_batchnorm(model: torch.nn.Module, images: torch.Tensor) -> torch.nn.Module:
-    """Set every BatchNorm's running statistics from one forward pass over ``images`` (momentum ``None``:
-    a plain average) and return the model in eval mode. For random-weight backbones in checks and
-    benchmarks: an untrained IResNet's eval-mode outputs otherwise reach 1e8-1e26."""
-    for m in model.modules():
-        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.track_running_stats:
-            m.reset_running_stats()
-            m.momentum = None
-    model.train()
-    with torch.no_grad():
-        model(images)
-    return model.eval()
-
-
-def _write_atomically(output: Path, write) -> None:
-    output.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=output.name + ".", suffix=".tmp", dir=output.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, output)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _ort_session(path):
@@ -234,7 +88,7 @@ def export_onnx(model, output, opset: int = 17, batch_axis: bool = True, check: 
                               do_constant_folding=True, keep_initializers_as_inputs=False)
 
     t0 = time.perf_counter()
-    _write_atomically(output, write)
+    atomic_write(output, write)
     figures = {"path": str(output), "opset": int(opset), "size_bytes": output.stat().st_size,
                "embedding_size": int(probe.shape[1]), "export_s": round(time.perf_counter() - t0, 3),
                "batch_axis": bool(batch_axis), "checker": None, "max_abs_diff_b1": None, "max_abs_diff_b8": None,
@@ -255,6 +109,9 @@ def export_onnx(model, output, opset: int = 17, batch_axis: bool = True, check: 
 
 def insightface_preprocess(images) -> torch.Tensor:
     """What insightface's ``get_feat`` feeds the network: BGR uint8 HxWx3 -> RGB, (x - 127.5) / 127.5, NCHW."""
+    # Not qgface_plugin.views.normalise_images: that is training's (x / 255 - 0.5) / 0.5, which differs from
+    # insightface's (x - mean) / std with mean = std = 127.5 in the last float32 bit for half of the 256 values;
+    # this reproduces insightface's input, to compare its get_feat with torch.
     arr = np.stack([np.asarray(img) for img in images]).astype(np.float32)
     arr = arr[..., ::-1]
     arr = (arr - 127.5) / 127.5

@@ -138,16 +138,16 @@ class QGFaceLoss(nn.Module):
             ``norm_std``, ``queue_fill``, ``threshold``, and ``finite`` (0-dim bool: the batch's embeddings
             were all finite on every rank; a False batch did not move the queue or the statistics).
         """
-        two_b, dim = embeddings.shape if embeddings.dim() == 2 else (0, 0)
-        if two_b % 2 or two_b == 0 or dim != self.queue.dim:
+        rows, dim = embeddings.shape if embeddings.dim() == 2 else (0, 0)
+        if rows % 2 or rows == 0 or dim != self.queue.dim:
             raise QGFaceInputError(
                 f"embeddings must be [2B, {self.queue.dim}] (H views then L views), got {tuple(embeddings.shape)}")
-        b = two_b // 2
+        batch = rows // 2
         labels = labels.reshape(-1).long()
-        if labels.shape[0] == two_b:
-            labels = labels[:b]
-        if labels.shape[0] != b:
-            raise QGFaceInputError(f"got {labels.shape[0]} labels for {b} images ({two_b} embedding rows)")
+        if labels.shape[0] == rows:
+            labels = labels[:batch]
+        if labels.shape[0] != batch:
+            raise QGFaceInputError(f"got {labels.shape[0]} labels for {batch} images ({rows} embedding rows)")
         lam = self.contrastive_weight if contrastive_weight is None else float(contrastive_weight)
         labels2 = torch.cat([labels, labels])
 
@@ -156,8 +156,8 @@ class QGFaceLoss(nn.Module):
         # one gather for the queue rows and their labels, checked before any other collective
         feats = F.normalize(at_least_fp32(embeddings), dim=1)                # 2B x D, with grad
         packed = dist.gather_nograd(torch.cat([feats.detach(), labels2.unsqueeze(1).to(feats.dtype)], dim=1))
-        world = packed.shape[0] // two_b
-        packed = packed.view(world, 2, b, dim + 1).transpose(0, 1).reshape(-1, dim + 1)  # [H all; L all]
+        world = packed.shape[0] // rows
+        packed = packed.view(world, 2, batch, dim + 1).transpose(0, 1).reshape(-1, dim + 1)  # [H all; L all]
         global_labels = packed[:, dim].long()
         if self.check_labels and self.num_classes is not None:
             check_labels(global_labels, self.num_classes)  # the step's one host sync, when asked for
@@ -181,10 +181,10 @@ class QGFaceLoss(nn.Module):
 
         # 4. LQ branch on local anchors
         local_q = quality.local()
-        q_pair = pair_quality(local_q.qhat[:b], local_q.qhat[b:], self.pair_quality)
+        q_pair = pair_quality(local_q.qhat[:batch], local_q.qhat[batch:], self.pair_quality)
         w = pair_weight(q_pair, quality.threshold, self.weight_method, self.weight_range)
         if lam > 0:
-            loss_con = self._contrastive(feats, labels, keys, key_labels, w, slots, b, world)
+            loss_con = self._contrastive(feats, labels, keys, key_labels, w, slots, batch, world)
         else:
             loss_con = 0.0 * feats.sum()
         loss = loss_cls + lam * loss_con
@@ -200,15 +200,15 @@ class QGFaceLoss(nn.Module):
         }
         return loss, stats
 
-    def _contrastive(self, feats, labels, keys, key_labels, w, slots, b, world):
-        h, l = feats[:b], feats[b:]
+    def _contrastive(self, feats, labels, keys, key_labels, w, slots, batch, world):
+        h, l = feats[:batch], feats[batch:]
         pos_h, pos_l = (h.detach(), l.detach()) if self.detach_positive else (h, l)
         own = None
         if self.mask == "own":
             if slots is None:
                 raise QGFaceInputError("mask='own' needs a training step (the anchors' own queue slots)")
-            r = dist.rank()
-            own_h, own_l = slots[r * b:(r + 1) * b], slots[world * b + r * b: world * b + (r + 1) * b]
+            h_start, l_start = dist.rank() * batch, (world + dist.rank()) * batch  # slots: [H all ranks; L all]
+            own_h, own_l = slots[h_start:h_start + batch], slots[l_start:l_start + batch]
             own = torch.stack([own_h, own_l], dim=1)                      # B x 2
         with torch.autocast(device_type=feats.device.type, enabled=False):  # contrastive maths in fp32
             if self.symmetric:  # rows: L anchors (positive H), then H anchors (positive L)

@@ -85,7 +85,11 @@ class Quality:
     finite: torch.Tensor | None = None
 
     def local(self) -> "Quality":
-        """The rows this rank contributed (a view; the whole object without a process group)."""
+        """The rows this rank contributed (a view; the whole object without a process group).
+
+        The one row selection of a :class:`Quality`: :class:`~qgface_plugin.classifier.MarginClassifier` and
+        the loss's pair gate take their rows here; Partial FC scores the gathered global batch, so it takes
+        the whole object."""
         n = self.rows_per_rank
         if n < 0 or n == self.ms.shape[0]:
             return self

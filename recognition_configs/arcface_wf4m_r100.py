@@ -1,23 +1,7 @@
 """ArcFace baseline (single view) on WebFace4M, IResNet-100: arcface_torch's configs/wf4m_r100.py with an
-ArcFace margin (upstream's own WebFace recipe is CosFace: cosface_wf4m_r100.py).
-
-Twins derive from this file (qgface_plugin.arcface.config.derive). Set `rec` to your WebFace4M folder.
+ArcFace margin (upstream's own WebFace recipe is CosFace: cosface_wf4m_r100.py). The MS1MV2 recipe with
+WebFace4M's data; twins derive from this file. Set `rec` to your WebFace4M folder.
 """
-from easydict import EasyDict as edict
+from qgface_plugin.arcface.config import derive
 
-config = edict()
-config.loss = "arcface"
-config.network = "r100"
-config.embedding_size = 512
-config.margin_list = (1.0, 0.5, 0.0)
-config.sample_rate = 1.0
-config.fp16 = True
-config.batch_size = 128
-config.lr = 0.1
-config.rec = "/train_tmp/WebFace4M"
-config.num_classes = 205990
-config.num_image = 4235242
-config.num_epoch = 20
-config.warmup_epoch = 0
-config.verbose = 2000
-config.val_targets = ["lfw", "cfp_fp", "agedb_30"]
+config = derive("arcface_ms1mv2_r100", rec="/train_tmp/WebFace4M", num_classes=205990, num_image=4235242)

@@ -3,11 +3,9 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
-import pytest
+from _arcface import ROOT, needs_upstream
 
-ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "tools" / "bench_eval.py"
 
 
@@ -35,8 +33,7 @@ def test_bench_eval_without_upstream_skips_extract(tmp_path):
     assert sum(line.startswith("extract: skipped") for line in lines) == 1
 
 
-@pytest.mark.skipif(not os.environ.get("ARCFACE_TORCH_ROOT"),
-                    reason="ARCFACE_TORCH_ROOT not set: point it at insightface's recognition/arcface_torch")
+@needs_upstream
 def test_bench_eval_quick_extract():
     res, _ = _run()
     assert res["extract_skipped"] is None and res["max_abs_diff"] < 1e-5

@@ -10,8 +10,10 @@ import torch
 
 from _models import TinyCNN, export_tiny_onnx
 from qgface_plugin.eval import cli, compare
-from qgface_plugin.synthetic.faces import make_dataset
-from qgface_plugin.synthetic.benchmarks import make_ijb, make_scface, make_tinyface
+from qgface_plugin.synthetic.ijb import make_ijb
+from qgface_plugin.synthetic.scface import make_scface
+from qgface_plugin.synthetic.tinyface import make_tinyface
+from qgface_plugin.synthetic.training_set import make_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("compare_models", ROOT / "tools" / "compare_models.py")

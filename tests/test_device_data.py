@@ -1,10 +1,12 @@
-"""DeviceBatches / check_labels_on_host: host-side label check, on-device normalisation, order kept."""
+"""DeviceBatches: host-side label check (classifier.check_labels), on-device normalisation, order kept;
+stack_views' H-then-L layout."""
 import numpy as np
 import pytest
 import torch
 
 from qgface_plugin import FlipTransform, QGFaceInputError, TwoViewTransform
-from qgface_plugin.arcface.device_data import DeviceBatches, check_labels_on_host
+from qgface_plugin.arcface.device_data import DeviceBatches, stack_views
+from qgface_plugin.classifier import check_labels
 
 
 class _Loader:
@@ -35,9 +37,16 @@ def test_batches_equal_the_float_pipeline_in_order():
 @pytest.mark.parametrize("bad", [-1, 5, 100])
 def test_labels_out_of_range_are_named_before_the_copy(bad):
     with pytest.raises(QGFaceInputError, match=f"label {bad} in a training batch is outside \\[0, num_classes=5\\)"):
-        check_labels_on_host(torch.tensor([0, bad, 1]), 5)
+        check_labels(torch.tensor([0, bad, 1]), 5, where="a training batch")
     loader = _Loader([(torch.zeros(3, 3, 4, 4, dtype=torch.uint8), torch.tensor([0, bad, 1]))])
     with pytest.raises(QGFaceInputError, match=f"label {bad}"):
         next(iter(DeviceBatches(loader, torch.device("cpu"), 5)))
-    check_labels_on_host(torch.tensor([0, 4]), 5)
-    check_labels_on_host(torch.tensor([], dtype=torch.long), 5)
+    check_labels(torch.tensor([0, 4]), 5)
+    check_labels(torch.tensor([], dtype=torch.long), 5)
+
+
+def test_stack_views_puts_every_h_view_before_every_l_view():
+    img = torch.arange(3 * 2).float().view(3, 2, 1, 1, 1)          # image i: H view 2i, L view 2i+1
+    assert stack_views(img).flatten().tolist() == [0, 2, 4, 1, 3, 5]
+    with pytest.raises(QGFaceInputError, match=r"two views \[B, 2, C, H, W\], got \(3, 1, 1, 1\)"):
+        stack_views(torch.zeros(3, 1, 1, 1))

@@ -8,7 +8,7 @@ import pytest
 
 from qgface_plugin.errors import QGFaceInputError
 from qgface_plugin.eval import erc
-from qgface_plugin.eval.ijb import tar_at_far
+from qgface_plugin.eval.roc import tar_at_far
 
 GRID = erc.DEFAULT_FRACTIONS
 

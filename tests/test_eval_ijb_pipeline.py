@@ -20,7 +20,8 @@ import torch
 from qgface_plugin.errors import QGFaceInputError
 from qgface_plugin.eval.align import ARCFACE_TEMPLATE, align_face, estimate_transform, to_five_points
 from qgface_plugin.eval.features import FeatureExtractor, embed_items
-from qgface_plugin.eval.ijb import evaluate_ijb, quality_tar, tar_at_far
+from qgface_plugin.eval.ijb import evaluate_ijb, quality_tar
+from qgface_plugin.eval.roc import tar_at_far
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -296,7 +297,7 @@ def test_tool_writes_json_md_png_npy(tree, lookup_onnx, tmp_path):
                                        "TAR@FAR=1e-2", "TAR@FAR=1e-1"]
     assert rep["tar_at_far"] == pytest.approx(expect)
     assert rep["protocol"]["detector_score"] is False and rep["protocol"]["norm_score"] is True
-    assert len(rep["quality_bins"]) == 3 and sum(b["pairs"] for b in rep["quality_bins"]) == 45
+    assert len(rep["quality_bins"]) == 3 and sum(b["count"] for b in rep["quality_bins"]) == 45
     np.testing.assert_allclose(np.load(tmp_path / "ijbc_scores.npy"), ref, atol=1e-5)
     assert (tmp_path / "ijbc_roc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     md = (tmp_path / "ijbc.md").read_text()

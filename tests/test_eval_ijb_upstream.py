@@ -46,8 +46,8 @@ import sys
 import numpy as np
 import torch
 from qgface_plugin.arcface import upstream
-from qgface_plugin.export import calibrate_batchnorm
-from qgface_plugin.synthetic.benchmarks import aligned_face
+from qgface_plugin.arcface.backbone import calibrate_batchnorm
+from qgface_plugin.synthetic.ijb import aligned_face
 
 out, seed = sys.argv[1], int(sys.argv[2])
 torch.manual_seed(0)
@@ -89,7 +89,7 @@ def _as_upstream_table(tar_at_far: dict) -> dict:
 
 @pytest.fixture(scope="module")
 def upstream_run(tmp_path_factory):
-    from qgface_plugin.synthetic.benchmarks import make_ijb
+    from qgface_plugin.synthetic.ijb import make_ijb
     work = tmp_path_factory.mktemp("ijb_upstream")
     tree = work / "tree"
     info = make_ijb(tree, **TREE)
@@ -145,16 +145,3 @@ def test_onnx_model_matches_upstream(upstream_run):
           "--output", str(onnx_path), "--arcface-root", ARCFACE_ROOT], "tools/export_onnx.py")
     out, report, scores = _ours(upstream_run, onnx_path, "ours_onnx")
     _check_same_as_upstream(upstream_run, out, report, scores, atol=1e-4)
-
-
-def test_menpo_stub():
-    code = ("import importlib.util, sys\n"
-            "from qgface_plugin import upstream\n"
-            "real = importlib.util.find_spec('menpo') is not None\n"
-            "assert upstream.install_menpo_stub() is (not real)\n"
-            "assert upstream.install_menpo_stub() is (not real)  # idempotent\n"
-            "from menpo.visualize.viewmatplotlib import sample_colours_from_colourmap as f\n"
-            "c = f(3, 'Set2')\n"
-            "assert len(c) == 3 and all(len(x) == 3 and all(0 <= v <= 1 for v in x) for x in c), c\n"
-            "assert len(set(c)) == 3\n")
-    _run(["-c", code], "the menpo stub")

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from _models import export_tiny_onnx
-from qgface_plugin.synthetic.faces import make_dataset
-from qgface_plugin.synthetic.benchmarks import make_ijb
+from qgface_plugin.synthetic.ijb import make_ijb
+from qgface_plugin.synthetic.training_set import make_dataset
 from test_eval_scface import _tree as scface_tree
 from test_eval_tinyface import _tree as tinyface_tree
 

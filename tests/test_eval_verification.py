@@ -16,8 +16,8 @@ from _models import TinyCNN, export_tiny_onnx
 from qgface_plugin.errors import QGFaceInputError
 from qgface_plugin.eval import FeatureExtractor, evaluate, evaluate_bin, load_bin, lowres_variant
 from qgface_plugin.eval.features import preprocess
-from qgface_plugin.eval.verification import fold_indices, pair_quality, pair_quality_bins
-from qgface_plugin.synthetic.faces import make_dataset, write_verification_bin
+from qgface_plugin.eval.verification import fold_indices, pair_min_norm, pair_quality_bins
+from qgface_plugin.synthetic.training_set import make_dataset, write_verification_bin
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
@@ -143,14 +143,14 @@ def _quality_case():
 
 
 def test_pair_quality_is_the_smaller_norm():
-    assert pair_quality([3.0, 5.0, 7.0, 2.0]).tolist() == [3.0, 2.0]
+    assert pair_min_norm([3.0, 5.0, 7.0, 2.0]).tolist() == [3.0, 2.0]
     with pytest.raises(QGFaceInputError, match="odd"):
-        pair_quality([1.0, 2.0, 3.0])
+        pair_min_norm([1.0, 2.0, 3.0])
 
 
 def test_pair_quality_bins_hand_placed():
     feats, issame, norms, quality = _quality_case()
-    np.testing.assert_array_equal(pair_quality(norms), quality)
+    np.testing.assert_array_equal(pair_min_norm(norms), quality)
     overall = evaluate(feats, issame)
     assert overall["fold_threshold"] == pytest.approx([0.01] * 10)
     assert overall["accuracy"] == pytest.approx(30 / 60)
@@ -159,7 +159,7 @@ def test_pair_quality_bins_hand_placed():
     assert [b["count"] for b in bins] == [20, 20, 20]
     assert [b["accuracy"] for b in bins] == [0.0, 0.5, 1.0]
     assert [b["genuine_fraction"] for b in bins] == [18 / 20, 11 / 20, 14 / 20]
-    assert [(b["norm_min"], b["norm_max"]) for b in bins] == [(1.0, 20.0), (21.0, 40.0), (41.0, 60.0)]
+    assert [(b["quality_min"], b["quality_max"]) for b in bins] == [(1.0, 20.0), (21.0, 40.0), (41.0, 60.0)]
     combined = sum(b["count"] * b["accuracy"] for b in bins) / 60
     assert combined == pytest.approx(overall["accuracy"], abs=1e-12)
     q = pair_quality_bins(feats, issame, norms, bins=4)
@@ -188,8 +188,8 @@ def test_pair_quality_bins_use_each_folds_own_threshold():
             assert combined == pytest.approx(overall["accuracy"], abs=1e-12)  # equal folds: exact
             gen = sum(b["count"] * b["genuine_fraction"] for b in bins) / n_pairs
             assert gen == pytest.approx(0.5)
-            lows = [b["norm_min"] for b in bins]
-            assert lows == sorted(lows) and all(b["norm_min"] <= b["norm_max"] for b in bins)
+            lows = [b["quality_min"] for b in bins]
+            assert lows == sorted(lows) and all(b["quality_min"] <= b["quality_max"] for b in bins)
 
 
 def test_pair_quality_bins_unequal_folds_are_within_the_stated_bound():
@@ -382,7 +382,7 @@ def test_evaluate_bin_variants(bin_dir, onnx_model):
     assert [b["bin"] for b in rows["lr8"]["quality_bins"]] == ["lowest", "middle", "highest"]
     for got, ref in zip(rows["lr8"]["quality_bins"], expect):
         assert got["count"] == ref["count"] and got["accuracy"] == pytest.approx(ref["accuracy"])
-        assert got["norm_min"] == pytest.approx(ref["norm_min"], rel=1e-5)
+        assert got["quality_min"] == pytest.approx(ref["quality_min"], rel=1e-5)
     for row in rows.values():
         assert sum(b["count"] for b in row["quality_bins"]) == 40
         combined = sum(b["count"] * b["accuracy"] for b in row["quality_bins"]) / 40
@@ -414,7 +414,7 @@ def test_tool_end_to_end_onnx(bin_dir, onnx_model, tmp_path, capsys):
         assert {"accuracy", "std", "norm_mean", "quality_bins"} <= set(row)
         bins = row["quality_bins"]
         assert [b["bin"] for b in bins] == ["lowest", "middle", "highest"]
-        assert {"count", "norm_min", "norm_max", "accuracy", "genuine_fraction"} <= set(bins[0])
+        assert {"count", "quality_min", "quality_max", "accuracy", "genuine_fraction"} <= set(bins[0])
         assert all(0.0 <= b["accuracy"] <= 1.0 for b in bins)  # fractions in JSON
     assert report["quality_bins"] == 3
     md = (out / "verification.md").read_text()

@@ -1,4 +1,4 @@
-"""qgface_plugin.export and tools/export_onnx.py.
+"""qgface_plugin.export, qgface_plugin.arcface.backbone and tools/export_onnx.py.
 
 The tiny-CNN tests always run (no arcface_torch needed). Tests marked ``needs_upstream`` build a real
 arcface_torch MobileFaceNet and skip unless ``ARCFACE_TORCH_ROOT`` names the upstream folder.
@@ -9,21 +9,17 @@ import json
 import os
 import sys
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
+from _arcface import ROOT, UPSTREAM_ENV, needs_upstream
 from _proc import run_guarded
 from qgface_plugin import export
+from qgface_plugin.arcface import backbone
 from qgface_plugin.errors import QGFaceConfigError, QGFaceInputError
-
-ROOT = Path(__file__).resolve().parents[1]
-UPSTREAM_ENV = os.environ.get("ARCFACE_TORCH_ROOT")
-needs_upstream = pytest.mark.skipif(
-    not UPSTREAM_ENV, reason="ARCFACE_TORCH_ROOT not set: point it at insightface's recognition/arcface_torch")
 
 D = 64
 
@@ -113,13 +109,13 @@ def test_bad_paths_name_the_file(tmp_path, tiny):
     with pytest.raises(QGFaceConfigError, match="model.txt"):
         export.export_onnx(net, tmp_path / "model.txt", check=False)
     with pytest.raises(QGFaceConfigError, match="absent.pt"):
-        export.read_state_dict(tmp_path / "absent.pt")
+        backbone.read_state_dict(tmp_path / "absent.pt")
     garbage = tmp_path / "garbage.pt"
     garbage.write_bytes(b"not a torch file")
     with pytest.raises(QGFaceConfigError, match="garbage.pt"):
-        export.read_state_dict(garbage)
+        backbone.read_state_dict(garbage)
     with pytest.raises(QGFaceConfigError, match="absent.pt"):
-        export.load_backbone("mbf", tmp_path / "absent.pt")
+        backbone.load_backbone("mbf", tmp_path / "absent.pt")
 
 
 class GlobalPoolNet(nn.Module):
@@ -151,9 +147,9 @@ def test_state_dict_forms(tmp_path):
     torch.save({f"module.{k}": v for k, v in state.items()}, tmp_path / "ddp.pt")
     torch.save({"epoch": 1, "global_step": 10, "state_dict_backbone": state}, tmp_path / "checkpoint_gpu_0.pt")
     for name in ("ddp.pt", "checkpoint_gpu_0.pt"):
-        got = export.read_state_dict(tmp_path / name)
+        got = backbone.read_state_dict(tmp_path / name)
         assert set(got) == set(state)
-        assert export.infer_embedding_size(got) == D
+        assert backbone.infer_embedding_size(got) == D
 
 
 def _tool(*args):
@@ -168,7 +164,7 @@ def mbf_model_pt(tmp_path_factory):
     torch.manual_seed(0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        net = ns.get_model("mbf", dropout=0.0, fp16=False, num_features=128)
+        net = backbone.build_backbone(ns, "mbf", 128)
     path = tmp_path_factory.mktemp("mbf") / "model.pt"
     torch.save(net.state_dict(), path)
     return path
@@ -176,7 +172,7 @@ def mbf_model_pt(tmp_path_factory):
 
 @needs_upstream
 def test_load_backbone_mbf(mbf_model_pt):
-    model = export.load_backbone("mbf", mbf_model_pt)
+    model = backbone.load_backbone("mbf", mbf_model_pt)
     assert not model.training
     with torch.no_grad():
         assert model(torch.zeros(2, 3, 112, 112)).shape == (2, 128)

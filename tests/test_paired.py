@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from qgface_plugin.errors import QGFaceInputError
-from qgface_plugin.eval.ijb import far_key, quality_tar, tar_at_far
+from qgface_plugin.eval.ijb import quality_tar
+from qgface_plugin.eval.roc import far_key, tar_at_far
 from qgface_plugin.eval.paired import (SortedBins, WeightedROC, all_resamples, bootstrap, bootstrap_counts,
                                        paired_bootstrap, percentile_interval, resample_counts, unpaired_bootstrap,
                                        weighted_mean)

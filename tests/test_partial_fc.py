@@ -19,18 +19,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from qgface_plugin.arcface import upstream
+from qgface_plugin.arcface import checkout, cpu_shim, upstream
 
 try:  # tests/ may or may not be a package
     from . import _ddp
 except ImportError:
     import _ddp
 
-UPSTREAM_ENV = os.environ.get(upstream.ENV_VAR)
+UPSTREAM_ENV = os.environ.get(checkout.ENV_VAR)
 pytestmark = pytest.mark.skipif(
     not UPSTREAM_ENV,
-    reason=f"{upstream.ENV_VAR} not set: point it at insightface's {upstream.ARCFACE_SUBDIR} at commit "
-           f"{upstream.PINNED_COMMIT[:12]} (python tools/fetch_arcface_torch.py prints one)")
+    reason=f"{checkout.ENV_VAR} not set: point it at insightface's {checkout.ARCFACE_SUBDIR} at commit "
+           f"{checkout.PINNED_COMMIT[:12]} (python tools/fetch_arcface_torch.py prints one)")
 
 WORLD, B, D, C = 2, 4, 8, 6          # 8 global rows, 6 classes (3 per rank on 2 ranks)
 S, M, THRESHOLD = 8.0, 0.4, 0.5      # CosFace with s = 8: no target probability under upstream's 1e-30 clamp
@@ -137,7 +137,7 @@ def subset_sampled_run(rank: int, world: int) -> dict:
     with torch.no_grad():
         pfc.weight.copy_(weight[pfc.class_start:pfc.class_start + pfc.num_local])
     local = emb[rank * n:(rank + 1) * n].clone().requires_grad_()
-    with upstream.partial_fc_cpu_shim():
+    with cpu_shim.partial_fc_cpu_shim():
         loss = pfc(local, labels[rank * n:(rank + 1) * n].clone(), _quality(SAMPLED_HQ_ROWS, rank, world))
     loss.backward()
     return {"loss": loss.detach(), "emb_grad": local.grad.clone(), "weight_grad": pfc.weight.grad.clone(),

@@ -26,21 +26,15 @@ import pytest
 import torch
 from easydict import EasyDict as edict
 
+from _arcface import UPSTREAM_ENV, needs_git, needs_upstream
 from _proc import free_port, run_guarded
-from qgface_plugin.arcface import hooks
-from qgface_plugin.arcface import upstream
+from qgface_plugin.arcface import checkout, hooks
 from qgface_plugin.errors import QGFaceConfigError, QGFaceInputError
 from qgface_plugin.views import TwoViewTransform
 
 ROOT = Path(__file__).resolve().parents[1]
 PATCHES = sorted((ROOT / "patches").glob("*.patch"))
-UPSTREAM_ENV = os.environ.get(upstream.ENV_VAR)
 GIT_DIR_ENV = os.environ.get("INSIGHTFACE_GIT_DIR")
-needs_git = pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
-needs_upstream = pytest.mark.skipif(
-    not UPSTREAM_ENV,
-    reason=f"{upstream.ENV_VAR} not set: point it at insightface's {upstream.ARCFACE_SUBDIR} at commit "
-           f"{upstream.PINNED_COMMIT[:12]} (python tools/fetch_arcface_torch.py prints one)")
 
 BATCH = 4
 IDS, PER_ID = 8, 3            # 24 images: 6 steps of 4 per epoch on one process (CPU time)
@@ -195,9 +189,9 @@ def _git_apply(folder: Path, patch: Path, *extra) -> subprocess.CompletedProcess
 @pytest.fixture(scope="module")
 def pristine(tmp_path_factory) -> Path:
     if not UPSTREAM_ENV:
-        pytest.skip(f"{upstream.ENV_VAR} not set")
+        pytest.skip(f"{checkout.ENV_VAR} not set")
     dest = tmp_path_factory.mktemp("pristine") / "arcface_torch"
-    shutil.copytree(upstream.find_root(UPSTREAM_ENV), dest, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(checkout.find_root(UPSTREAM_ENV), dest, ignore=shutil.ignore_patterns("__pycache__"))
     for patch in reversed(PATCHES):  # a copy from tools/fetch_arcface_torch.py is already patched: undo
         if _git_apply(dest, patch, "--check").returncode != 0 and \
                 _git_apply(dest, patch, "--check", "--reverse").returncode == 0:
@@ -217,7 +211,7 @@ def patched(pristine, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def records(tmp_path_factory) -> Path:
-    from qgface_plugin.synthetic.faces import make_dataset
+    from qgface_plugin.synthetic import make_dataset
     out = tmp_path_factory.mktemp("records")
     make_dataset(out, num_identities=IDS, images_per_identity=PER_ID, num_val_identities=4, val_pairs=40, seed=0)
     return out
@@ -226,8 +220,8 @@ def records(tmp_path_factory) -> Path:
 @needs_git
 @needs_upstream
 def test_patches_apply_cleanly_to_the_pinned_files(pristine, patched):
-    for rel, blob in upstream.PINNED_BLOBS.items():  # the copy really is the pinned commit
-        assert upstream.git_blob_sha1(pristine / rel) == blob, rel
+    for rel, blob in checkout.PINNED_BLOBS.items():  # the copy really is the pinned commit
+        assert checkout.git_blob_sha1(pristine / rel) == blob, rel
     for patch in PATCHES:
         proc = _git_apply(pristine, patch, "--check")
         assert proc.returncode == 0, f"{patch.name} does not apply to the pinned copy: {proc.stderr}"
@@ -257,9 +251,9 @@ def _polynomial_lrs(root: Path, name: str) -> list:
 def test_patched_lr_scheduler_works_on_this_torch_without_shims(pristine, patched):
     init = torch.optim.lr_scheduler.LRScheduler.__init__
     if getattr(init, "_qgface_drops_verbose", False):
-        pytest.skip("upstream.install_lr_scheduler_compat is in effect in this process")
+        pytest.skip("compat.install_lr_scheduler_compat is in effect in this process")
     assert _polynomial_lrs(patched, "_patched_lr_scheduler") == [0.5, 1.0, 0.5, 0.0]
-    if "verbose" not in upstream._params(init):  # torch >= 2.7: what patch 0001 fixes
+    if "verbose" not in checkout.parameter_names(init):  # torch >= 2.7: what patch 0001 fixes
         with pytest.raises(TypeError, match="verbose"):
             _polynomial_lrs(pristine, "_pristine_lr_scheduler")
 
@@ -441,7 +435,7 @@ def test_train_v2_runs_as_users_run_it(patched, records, tmp_path):
         "from easydict import EasyDict as edict\nconfig = edict()\n"
         + "".join(f"config.{k} = {v!r}\n" for k, v in cfg.items()))
     env = _env(1)
-    env.pop(upstream.ENV_VAR, None)
+    env.pop(checkout.ENV_VAR, None)
     proc = run_guarded([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "1", "--master_addr",
                         "127.0.0.1", "--master_port", free_port(), "train_v2.py", f"configs/{name}"],
                        240, cwd=patched, env=env)
@@ -466,15 +460,15 @@ def test_train_v2_runs_as_users_run_it(patched, records, tmp_path):
 
 @needs_git
 @pytest.mark.skipif(not GIT_DIR_ENV, reason="INSIGHTFACE_GIT_DIR not set: point it at an insightface clone or git "
-                                            f"directory that has commit {upstream.PINNED_COMMIT[:12]}")
+                                            f"directory that has commit {checkout.PINNED_COMMIT[:12]}")
 def test_fetch_tool_applies_the_patches(tmp_path, request):
     dest = tmp_path / "arcface_torch"
     proc = _run([sys.executable, ROOT / "tools" / "fetch_arcface_torch.py", "--source", GIT_DIR_ENV, "--dest", dest],
                 tmp_path, timeout=300)
     assert proc.returncode == 0, proc.stdout[-4000:]
     assert proc.stdout.strip().splitlines()[-1] == str(dest)
-    record = json.loads((dest / upstream.FETCH_RECORD).read_text())
-    assert record["commit"] == upstream.PINNED_COMMIT
+    record = json.loads((dest / checkout.FETCH_RECORD).read_text())
+    assert record["commit"] == checkout.PINNED_COMMIT
     assert [p["name"] for p in record["patches"]] == [p.name for p in PATCHES]
     assert record["patched_files"] == ["lr_scheduler.py", "train_v2.py"]
     assert "qgface_hooks.configure(cfg)" in (dest / "train_v2.py").read_text()

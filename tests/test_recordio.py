@@ -1,4 +1,4 @@
-"""qgface_plugin.formats.recordio: the mxnet-free reader of insightface record sets.
+"""qgface_plugin.formats.recordio (+ record_dataset): the mxnet-free reader of insightface record sets.
 
 Two groups of tests:
 
@@ -31,7 +31,8 @@ import pytest
 import torch
 
 from qgface_plugin import QGFaceInputError
-from qgface_plugin.formats.recordio import MAGIC, RecordDataset, RecordIOError, RecordReader, decode_image, unpack
+from qgface_plugin.formats.record_dataset import RecordDataset
+from qgface_plugin.formats.recordio import MAGIC, RecordIOError, RecordReader, decode_image, unpack
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -454,7 +455,7 @@ def test_dataset_default_transform(header0_set):
 def test_imports_and_reads_without_mxnet(header0_set):
     code = (
         "import sys; sys.modules['mxnet'] = None\n"  # `import mxnet` raises ImportError from here on
-        "from qgface_plugin.formats.recordio import RecordReader, RecordDataset\n"
+        "from qgface_plugin.formats.record_dataset import RecordDataset\nfrom qgface_plugin.formats.recordio import RecordReader\n"
         f"r = RecordReader({str(header0_set[0])!r}); ds = RecordDataset({str(header0_set[0])!r})\n"
         "img, label = r.read_image(1); x, y = ds[0]\n"
         "assert img.shape == (20, 24, 3) and x.shape == (3, 20, 24) and int(y) == 0, (img.shape, x.shape, y)\n"
@@ -528,7 +529,7 @@ def test_mxnet_writer_pack_img(tmp_path):
 @needs_mxnet
 def test_project_writer(tmp_path):
     """(b) this project's writer: synthetic.make_dataset (write_train_rec: header0 + identity records)."""
-    from qgface_plugin.synthetic.faces import make_dataset
+    from qgface_plugin.synthetic import make_dataset
     make_dataset(tmp_path, num_identities=5, images_per_identity=3, num_val_identities=2, val_pairs=40, seed=2)
     r = assert_same_as_mxnet(tmp_path)
     assert r.header0 == (16, 21) and r.imgidx.tolist() == list(range(1, 16))

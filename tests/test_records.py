@@ -5,7 +5,7 @@ import pytest
 
 from qgface_plugin import QGFaceInputError
 from qgface_plugin.arcface.records import check_record_dataset
-from qgface_plugin.synthetic.faces import make_dataset
+from qgface_plugin.synthetic import make_dataset
 
 
 @pytest.fixture(scope="module")

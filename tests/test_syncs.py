@@ -21,7 +21,7 @@ import pytest
 import torch
 
 from qgface_plugin import MarginClassifier, QGFaceInputError, QGFaceLoss, build_margin, contrastive, margins
-from qgface_plugin.arcface import upstream
+from qgface_plugin.arcface import checkout, cpu_shim, upstream
 from qgface_plugin.classifier import check_labels
 from qgface_plugin.syncs import count_host_syncs
 
@@ -33,11 +33,11 @@ except ImportError:
 D, C, B, K = 16, 24, 8, 40
 THRESHOLDS, LAMBDAS, MODES, MASKS = (0.0, 0.2, 1.0), (0.0, 1.0), ("gate", "subset"), ("label", "own")
 CONFIGS = [(mode, b, lam, mask) for mode in MODES for b in THRESHOLDS for lam in LAMBDAS for mask in MASKS]
-UPSTREAM_ENV = os.environ.get(upstream.ENV_VAR)
+UPSTREAM_ENV = os.environ.get(checkout.ENV_VAR)
 needs_upstream = pytest.mark.skipif(
     not UPSTREAM_ENV,
-    reason=f"{upstream.ENV_VAR} not set: point it at insightface's {upstream.ARCFACE_SUBDIR} at commit "
-           f"{upstream.PINNED_COMMIT[:12]} (python tools/fetch_arcface_torch.py prints one)")
+    reason=f"{checkout.ENV_VAR} not set: point it at insightface's {checkout.ARCFACE_SUBDIR} at commit "
+           f"{checkout.PINNED_COMMIT[:12]} (python tools/fetch_arcface_torch.py prints one)")
 
 
 def _batch(step, rank=0, world=1):
@@ -245,7 +245,7 @@ def ddp_syncs(rank: int, world: int, with_partial_fc: bool) -> dict:
     from qgface_plugin.arcface.partial_fc import qgface_partial_fc
     ns = upstream.load(UPSTREAM_ENV)
     cls = qgface_partial_fc(sys.modules[ns.PartialFC_V2.__module__])
-    with upstream.partial_fc_cpu_shim():
+    with cpu_shim.partial_fc_cpu_shim():
         for mode, rate, b in PFC_CONFIGS:
             torch.manual_seed(0)
             pfc = cls(build_margin("adaface"), D, C, rate, False, hq_mode=mode)

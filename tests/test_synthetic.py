@@ -1,4 +1,5 @@
-"""The synthetic mixed-quality data set: layout, colour order, .bin format, learnability, arguments.
+"""The synthetic mixed-quality data set (qgface_plugin.synthetic: identity, faces, degrade, jpeg, training_set):
+layout, colour order, .bin format, learnability, arguments, the make_synthetic_data CLI.
 
 Tests that need the upstream arcface_torch code (``MXFaceDataset``, ``eval/verification.py``)
 skip unless ``ARCFACE_TORCH_ROOT`` points at a ``recognition/arcface_torch`` checkout.
@@ -15,7 +16,12 @@ import cv2
 import numpy as np
 import pytest
 
-from qgface_plugin.synthetic import faces as S
+from qgface_plugin.formats.face_crop import ARCFACE_TEMPLATE
+from qgface_plugin.synthetic.degrade import degrade_quality
+from qgface_plugin.synthetic.faces import render_face
+from qgface_plugin.synthetic.identity import draw_identity
+from qgface_plugin.synthetic.jpeg import decode_jpeg, encode_jpeg
+from qgface_plugin.synthetic.training_set import make_dataset, write_train_rec, write_verification_bin
 
 mx = pytest.importorskip("mxnet")
 
@@ -27,7 +33,7 @@ N_SMALL = 12 * 6
 @pytest.fixture(scope="module")
 def small(tmp_path_factory):
     out = tmp_path_factory.mktemp("synthetic")
-    summary = S.make_dataset(str(out), **SMALL)
+    summary = make_dataset(str(out), **SMALL)
     return out, summary
 
 
@@ -55,20 +61,20 @@ def _read_records(folder):
 # --------------------------------------------------------------------------- #
 def test_same_seed_gives_the_same_bytes_and_another_seed_does_not(small, tmp_path):
     out, _ = small
-    again = S.make_dataset(str(tmp_path / "again"), **SMALL)
+    again = make_dataset(str(tmp_path / "again"), **SMALL)
     names = ["train.rec", "train.idx", "property", "train_quality.txt", "synthetic_val.bin",
              "synthetic_val_hq.bin", "synthetic_val_lq.bin", "dataset.json"]
     for name in names:
         assert (out / name).read_bytes() == (tmp_path / "again" / name).read_bytes(), name
     assert again["num_images"] == N_SMALL
-    other = S.make_dataset(str(tmp_path / "other"), **{**SMALL, "seed": 4})
+    other = make_dataset(str(tmp_path / "other"), **{**SMALL, "seed": 4})
     assert other["num_images"] == N_SMALL
     assert (out / "train.rec").read_bytes() != (tmp_path / "other" / "train.rec").read_bytes()
 
 
 def test_forked_workers_write_the_same_bytes(small, tmp_path):
     out, _ = small
-    S.make_dataset(str(tmp_path / "w2"), **SMALL, workers=2)
+    make_dataset(str(tmp_path / "w2"), **SMALL, workers=2)
     for name in ("train.rec", "train.idx", "synthetic_val.bin", "train_quality.txt"):
         assert (out / name).read_bytes() == (tmp_path / "w2" / name).read_bytes(), name
 
@@ -125,14 +131,14 @@ def test_quality_list_marks_the_degraded_images(small):
 # colour order
 # --------------------------------------------------------------------------- #
 def test_colours_survive_the_rec_round_trip_in_rgb(tmp_path):
-    idn = S.draw_identity(np.random.default_rng(0))
+    idn = draw_identity(np.random.default_rng(0))
     idn.update(skin=[225.0, 35.0, 30.0], background=[200.0, 20.0, 20.0], hair_colour=[150.0, 10.0, 10.0],
                glasses=None, beard="none")
-    face = S.render_face(idn, np.random.default_rng(1))
+    face = render_face(idn, np.random.default_rng(1))
     assert face[..., 0].mean() > 1.5 * max(face[..., 1].mean(), face[..., 2].mean())
     red = np.zeros((112, 112, 3), np.uint8)
     red[..., 0] = 255
-    S.write_train_rec(str(tmp_path), [(red, 0), (face, 1)])
+    write_train_rec(str(tmp_path), [(red, 0), (face, 1)])
     rec = mx.recordio.MXIndexedRecordIO(str(tmp_path / "train.idx"), str(tmp_path / "train.rec"), "r")
     try:
         decoded = [mx.image.imdecode(mx.recordio.unpack(rec.read_idx(k))[1]).asnumpy() for k in (1, 2)]
@@ -143,7 +149,7 @@ def test_colours_survive_the_rec_round_trip_in_rgb(tmp_path):
     means = decoded[1].reshape(-1, 3).mean(0)
     assert means[0] > 1.5 * max(means[1], means[2])
     # the package's own decoder agrees with mxnet's RGB decoder
-    assert np.abs(S.decode_jpeg(S.encode_jpeg(red)).astype(int) - decoded[0]).max() <= 2
+    assert np.abs(decode_jpeg(encode_jpeg(red)).astype(int) - decoded[0]).max() <= 2
 
 
 # --------------------------------------------------------------------------- #
@@ -171,10 +177,10 @@ def test_bins_are_plain_pickles_of_jpeg_bytes_and_balanced_bools(small):
     lq_idx = [p for p in range(pairs) if p % 4 >= 2]
     assert sets["synthetic_val_hq"][0] == [allb[2 * p + j] for p in hq_idx for j in (0, 1)]
     assert sets["synthetic_val_lq"][0] == [allb[2 * p + j] for p in lq_idx for j in (0, 1)]
-    img = S.decode_jpeg(allb[0])
+    img = decode_jpeg(allb[0])
     assert img.shape == (112, 112, 3)
     # the first image of an LQ pair is degraded, the second is not
-    sharp = [_sharpness(S.decode_jpeg(b)) for b in sets["synthetic_val_lq"][0]]
+    sharp = [_sharpness(decode_jpeg(b)) for b in sets["synthetic_val_lq"][0]]
     assert np.mean(sharp[0::2]) < 0.3 * np.mean(sharp[1::2])
     assert summary["val_same_pairs"] == pairs // 2
 
@@ -191,7 +197,7 @@ def test_upstream_load_bin_reads_the_bins(small):
         assert sum(issame) == pairs // 2 and len(issame) == pairs
         # RGB all the way: load_bin's first image equals our RGB decoder's
         with open(out / f"{name}.bin", "rb") as f:
-            first = S.decode_jpeg(pickle.load(f)[0][0])
+            first = decode_jpeg(pickle.load(f)[0][0])
         assert np.abs(data[0][0].permute(1, 2, 0).numpy() - first).max() <= 2
         assert np.array_equal(data[1][0].numpy(), data[0][0].flip(2).numpy())
 
@@ -225,12 +231,12 @@ def probe_set():
     k, g, p = 20, 4, 3
     gallery, lq, hq = [], [], []
     for i in range(k):
-        idn = S.draw_identity(np.random.default_rng([11, i]))
-        gallery += [S.render_face(idn, np.random.default_rng([12, i, j])) for j in range(g)]
+        idn = draw_identity(np.random.default_rng([11, i]))
+        gallery += [render_face(idn, np.random.default_rng([12, i, j])) for j in range(g)]
         for j in range(p):
             r = np.random.default_rng([13, i, j])
-            lq.append(S.degrade_quality(S.render_face(idn, r), r, r.uniform()))
-            hq.append(S.render_face(idn, np.random.default_rng([14, i, j])))
+            lq.append(degrade_quality(render_face(idn, r), r, r.uniform()))
+            hq.append(render_face(idn, np.random.default_rng([14, i, j])))
     return np.repeat(np.arange(k), g), gallery, np.repeat(np.arange(k), p), lq, hq
 
 
@@ -264,29 +270,29 @@ def test_quality_varies(probe_set):
     lq_sharp = np.mean([_sharpness(im) for im in lq])
     assert lq_sharp < 0.25 * hq_sharp, (lq_sharp, hq_sharp)
     img = gallery[0]
-    by_level = [np.mean([_sharpness(S.degrade_quality(img, np.random.default_rng(s), lv)) for s in range(6)])
+    by_level = [np.mean([_sharpness(degrade_quality(img, np.random.default_rng(s), lv)) for s in range(6)])
                 for lv in (0.0, 0.5, 1.0)]
     assert by_level[0] > by_level[1] > by_level[2], by_level
     assert by_level[0] < hq_sharp
 
 
 def test_render_and_degrade_shapes_and_determinism():
-    idn = S.draw_identity(np.random.default_rng(5))
-    assert idn == S.draw_identity(np.random.default_rng(5))
-    assert idn != S.draw_identity(np.random.default_rng(6))
+    idn = draw_identity(np.random.default_rng(5))
+    assert idn == draw_identity(np.random.default_rng(5))
+    assert idn != draw_identity(np.random.default_rng(6))
     json.dumps(idn)                                        # plain values only
-    a = S.render_face(idn, np.random.default_rng(1))
+    a = render_face(idn, np.random.default_rng(1))
     assert a.dtype == np.uint8 and a.shape == (112, 112, 3)
-    assert np.array_equal(a, S.render_face(idn, np.random.default_rng(1)))
-    assert not np.array_equal(a, S.render_face(idn, np.random.default_rng(2)))
-    assert S.render_face(idn, np.random.default_rng(1), size=96).shape == (96, 96, 3)
-    d = S.degrade_quality(a, np.random.default_rng(0), 0.7)
+    assert np.array_equal(a, render_face(idn, np.random.default_rng(1)))
+    assert not np.array_equal(a, render_face(idn, np.random.default_rng(2)))
+    assert render_face(idn, np.random.default_rng(1), size=96).shape == (96, 96, 3)
+    d = degrade_quality(a, np.random.default_rng(0), 0.7)
     assert d.dtype == np.uint8 and d.shape == a.shape and not np.shares_memory(d, a)
-    assert np.array_equal(d, S.degrade_quality(a, np.random.default_rng(0), 0.7))
+    assert np.array_equal(d, degrade_quality(a, np.random.default_rng(0), 0.7))
 
 
 def test_identities_are_diverse():
-    ids = [S.draw_identity(np.random.default_rng([21, i])) for i in range(300)]
+    ids = [draw_identity(np.random.default_rng([21, i])) for i in range(300)]
     keys = ("face_w", "face_h", "skin", "hair_colour", "eye_dx", "nose_len", "mouth_w", "brow_angle")
     vecs = {tuple(np.round(np.hstack([idn[k] for k in keys]), 3)) for idn in ids}
     assert len(vecs) == len(ids)
@@ -311,29 +317,29 @@ def test_identities_are_diverse():
     (dict(val_pairs=601), "val_pairs=601"),
     (dict(seed=-1), "seed=-1"),
     (dict(size=4), "size=4"),
-    (dict(workers=0), "workers=0"),
+    (dict(workers=-1), "workers=-1"),
 ])
 def test_bad_arguments_raise_value_error_naming_the_value(tmp_path, kwargs, named):
     out = tmp_path / "never"
     with pytest.raises(ValueError, match=named.replace(".", r"\.")):
-        S.make_dataset(str(out), **kwargs)
+        make_dataset(str(out), **kwargs)
     assert not out.exists()                                # nothing written before validation
 
 
 def test_bad_component_arguments():
     img = np.zeros((112, 112, 3), np.uint8)
     with pytest.raises(ValueError, match="level=1.5"):
-        S.degrade_quality(img, np.random.default_rng(0), 1.5)
+        degrade_quality(img, np.random.default_rng(0), 1.5)
     with pytest.raises(ValueError, match="uint8"):
-        S.degrade_quality(img.astype(np.float32), np.random.default_rng(0), 0.5)
+        degrade_quality(img.astype(np.float32), np.random.default_rng(0), 0.5)
     with pytest.raises(ValueError, match="pairs"):
-        S.write_verification_bin("unused.bin", [img], [True])
+        write_verification_bin("unused.bin", [img], [True])
 
 
 def test_write_train_rec_rejects_ungrouped_labels(tmp_path):
     img = np.zeros((16, 16, 3), np.uint8)
     with pytest.raises(ValueError, match="label 0 reappears"):
-        S.write_train_rec(str(tmp_path), [(img, 0), (img, 1), (img, 0)])
+        write_train_rec(str(tmp_path), [(img, 0), (img, 1), (img, 0)])
 
 
 # --------------------------------------------------------------------------- #
@@ -368,10 +374,26 @@ def test_cli_writes_the_set_and_a_preview(tmp_path, capsys):
 
 
 def test_identity_geometry_follows_the_arcface_template():
-    ids = [S.draw_identity(np.random.default_rng([31, i])) for i in range(400)]
-    t = S.ARCFACE_TEMPLATE
+    ids = [draw_identity(np.random.default_rng([31, i])) for i in range(400)]
+    t = ARCFACE_TEMPLATE
     assert abs(np.mean([56 - idn["eye_dx"] for idn in ids]) - t[0, 0]) < 1.5
     assert abs(np.mean([56 + idn["eye_dx"] for idn in ids]) - t[1, 0]) < 1.5
     assert abs(np.mean([idn["eye_y"] for idn in ids]) - t[:2, 1].mean()) < 1.5
     assert abs(np.mean([idn["nose_len"] for idn in ids]) - t[2, 1]) < 1.5
     assert abs(np.mean([idn["mouth_y"] for idn in ids]) - t[3:, 1].mean()) < 1.5
+
+
+def test_cli_workers_zero_renders_in_this_process(tmp_path, monkeypatch):
+    cli = _cli()
+    seen = []
+
+    def fake_make_dataset(out, **kwargs):
+        seen.append(kwargs["workers"])
+        raise ValueError("stop here")
+
+    monkeypatch.setattr(cli, "make_dataset", fake_make_dataset)
+    assert cli.main(["--output", str(tmp_path / "w0"), "--workers", "0"]) == 2
+    assert cli.main(["--output", str(tmp_path / "w3"), "--workers", "3"]) == 2
+    assert cli.main(["--output", str(tmp_path / "default")]) == 2
+    assert seen == [0, 3, os.cpu_count() or 1]
+    assert "0 = none, render in this process" in " ".join(cli.build_parser().format_help().split())

@@ -29,7 +29,7 @@ pytestmark = pytest.mark.skipif(not UPSTREAM, reason="ARCFACE_TORCH_ROOT not set
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    from qgface_plugin.synthetic.faces import make_dataset
+    from qgface_plugin.synthetic import make_dataset
     root = tmp_path_factory.mktemp("data")
     make_dataset(root, num_identities=8, images_per_identity=6, num_val_identities=4, val_pairs=40, seed=3)
     return root

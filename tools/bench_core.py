@@ -28,7 +28,6 @@ head's median from the same alternation. The last line is one JSON object holdin
 """
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import sys
@@ -38,6 +37,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from qgface_plugin import cli
+from qgface_plugin.errors import QGFaceConfigError, QGFaceInputError
 from qgface_plugin.utils import cpu_model
 
 
@@ -222,19 +223,37 @@ def bench_worker_pipeline(num_images, repeats, batch=64):
     return out
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--classes", type=int, nargs="+", default=[8192, 65536], help="C = K values")
-    parser.add_argument("--batch", type=int, default=256, help="images per step (2 views each)")
-    parser.add_argument("--dim", type=int, default=512)
+def build_parser():
+    parser = cli.parser(__doc__)
+    parser.add_argument("--classes", type=int, nargs="+", default=[8192, 65536],
+                        help="C = K values, one head comparison each")
+    parser.add_argument("--batch", type=int, default=256, help="B, images per step (2 views each: 2B rows)")
+    parser.add_argument("--dim", type=int, default=512, help="D, embedding size")
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per head (median)")
-    parser.add_argument("--thresholds", type=float, nargs="+", default=[0.2, 1.0])
+    parser.add_argument("--thresholds", type=float, nargs="+", default=[0.2, 1.0],
+                        help="QGFace thresholds b in [0, 1], one QGFace head each")
     parser.add_argument("--images", type=int, default=2000, help="images per transform timing")
-    parser.add_argument("--quick", action="store_true", help="small sizes for a smoke test")
-    args = parser.parse_args(argv)
+    parser.add_argument("--quick", action="store_true",
+                        help="small sizes for a smoke test (C=K=512, B=16, D=64, 2 repeats, 50 images)")
+    return parser
+
+
+def main(argv=None) -> int:
+    """Exit 0 when every figure was measured, 2 for bad flags."""
+    args = build_parser().parse_args(argv)
     if args.quick:
         args.classes, args.batch, args.dim, args.repeats, args.images = [512], 16, 64, 2, 50
+    for flag, values in (("--classes", args.classes), ("--batch", [args.batch]), ("--dim", [args.dim]),
+                         ("--repeats", [args.repeats]), ("--images", [args.images])):
+        if min(values) < 1:
+            return cli.error(f"{flag} must be >= 1, got {min(values)}")
+    try:
+        return _run(args)
+    except (QGFaceConfigError, QGFaceInputError) as exc:  # e.g. a threshold outside [0, 1]
+        return cli.error(exc)
 
+
+def _run(args) -> int:
     result = {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpu": cpu_model(),
               "heads": []}
     print(f"QGFace head vs plain ArcFace head, forward+backward, B={args.batch} images "
@@ -261,8 +280,8 @@ def main(argv=None):
           f"{w['flip_only_uint8_img_per_s_per_worker']:.0f} ({w['flip_only_float_img_per_s_per_worker']:.0f}); "
           f"two-view {w['two_view_vs_flip_ratio']:.2f}x the time of flip-only")
     print(json.dumps(result))
-    return result
+    return cli.EXIT_OK
 
 
 if __name__ == "__main__":
-    sys.exit(0 if main() else 1)
+    sys.exit(main())

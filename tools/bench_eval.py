@@ -9,8 +9,8 @@
    image features (default 469,375, IJB-C's count) in ``--templates`` templates of 1-5 medias, pooled by
    :func:`~qgface_plugin.eval.ijb.template_features` with upstream's default options (norm and detector
    score kept).
-2. Extraction: arcface_torch's ``--extract-network`` (default r50), built with upstream's ``get_model``
-   through :func:`qgface_plugin.arcface.upstream.load` (``--arcface-root`` or ``ARCFACE_TORCH_ROOT``), exported
+2. Extraction: arcface_torch's ``--extract-network`` (default r50), built by
+   :func:`qgface_plugin.arcface.backbone.build_backbone` (``--arcface-root`` or ``ARCFACE_TORCH_ROOT``), exported
    with :func:`qgface_plugin.export.export_onnx` to a temporary folder, then timed with
    :class:`qgface_plugin.eval.features.FeatureExtractor` (``flip="none"``) on the torch module and on the
    .onnx file: the same ``--extract-batches`` batches of ``--extract-batch`` random uint8 112x112x3 images,
@@ -26,7 +26,6 @@ skipped). ``--quick`` uses small sizes (for tests): 300 templates, D=64, 20k pai
 """
 from __future__ import annotations
 
-import argparse
 import importlib
 import json
 import os
@@ -39,8 +38,8 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from qgface_plugin.eval.ijb import pair_scores, template_features  # noqa: E402
+from qgface_plugin import cli
+from qgface_plugin.eval.ijb import pair_scores, template_features
 
 ENABLE_HINT = ("set ARCFACE_TORCH_ROOT (or pass --arcface-root) to insightface's recognition/arcface_torch, "
                "or run tools/fetch_arcface_torch.py")
@@ -107,9 +106,10 @@ def _backbone(args):
     import torch
 
     from qgface_plugin.arcface import upstream
-    from qgface_plugin.export import _build, calibrate_batchnorm, load_backbone
+    from qgface_plugin.arcface.backbone import build_backbone, calibrate_batchnorm, load_backbone
+    from qgface_plugin.arcface.checkout import find_root
 
-    root = upstream.find_root(args.arcface_root)  # UpstreamNotFoundError (a QGFaceConfigError) when absent
+    root = find_root(args.arcface_root)  # UpstreamNotFoundError (a QGFaceConfigError) when absent
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         ns = upstream.load(root)  # keeps torch's thread count (mxnet's import would set it to 1)
@@ -119,7 +119,7 @@ def _backbone(args):
         if args.model:
             return load_backbone(args.extract_network, args.model, root=root), str(args.model), root
         torch.manual_seed(args.seed)
-        model = _build(ns, args.extract_network, args.embedding_size).float()
+        model = build_backbone(ns, args.extract_network, args.embedding_size).float()
         gen = torch.Generator().manual_seed(args.seed + 1)
         model = calibrate_batchnorm(model, torch.rand(max(8, min(args.extract_batch, 32)), 3, 112, 112,
                                                       generator=gen) * 2 - 1)
@@ -130,8 +130,8 @@ def bench_extract(args):
     """(figures dict, None) or (None, reason skipped)."""
     if args.skip_extract:
         return None, "--skip-extract"
-    from qgface_plugin.arcface.upstream import (UpstreamAPIError, UpstreamConflictError, UpstreamDependencyError,
-                                        UpstreamNotFoundError)
+    from qgface_plugin.arcface.checkout import UpstreamAPIError, UpstreamNotFoundError
+    from qgface_plugin.arcface.upstream import UpstreamConflictError, UpstreamDependencyError
     try:
         importlib.import_module("onnx")  # torch.onnx.export needs it
         import onnxruntime as ort
@@ -199,15 +199,15 @@ def bench_extract(args):
     return res, None
 
 
-def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--templates", type=int, default=23_000)
-    ap.add_argument("--dim", type=int, default=512)
-    ap.add_argument("--pairs", type=int, default=15_600_000)
+def main(argv=None) -> int:
+    ap = cli.parser(__doc__.split("\n\n")[0], prog="bench_eval")
+    ap.add_argument("--templates", type=int, default=23_000, help="template features scored")
+    ap.add_argument("--dim", type=int, default=512, help="feature dimension D")
+    ap.add_argument("--pairs", type=int, default=15_600_000, help="template pairs scored")
     ap.add_argument("--images", type=int, default=469_375, help="image features pooled into the templates")
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=3, help="timings of the matrix method (median reported)")
     ap.add_argument("--skip-pairs", action="store_true", help="do not time the slow upstream-style method")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0, help="seed of the random data and weights")
     ap.add_argument("--quick", action="store_true",
                     help="small sizes (300 templates, D=64, 20k pairs, 3k images; extraction: r18, 1 batch of 4, 1 round)")
     g = ap.add_argument_group("feature extraction (ONNX Runtime vs torch, CPU)")
@@ -217,8 +217,8 @@ def main(argv=None) -> dict:
     g.add_argument("--extract-batches", type=int, help="batches per timing (default 3; 1 with --quick)")
     g.add_argument("--extract-repeats", type=int, help="alternating rounds (default 5; 1 with --quick)")
     g.add_argument("--model", help="model.pt / checkpoint for --extract-network (default: random weights)")
-    g.add_argument("--embedding-size", type=int, default=512, help="D of random weights (default 512)")
-    g.add_argument("--opset", type=int, default=17)
+    g.add_argument("--embedding-size", type=int, default=512, help="D of random weights")
+    g.add_argument("--opset", type=int, default=17, help="ONNX opset of the export")
     g.add_argument("--arcface-root", help="arcface_torch folder (default: ARCFACE_TORCH_ROOT or third_party)")
     args = ap.parse_args(argv)
     if args.quick:
@@ -236,15 +236,14 @@ def main(argv=None) -> dict:
     try:
         extract, skipped = bench_extract(args)
     except (QGFaceConfigError, QGFaceInputError) as exc:  # e.g. a --model that does not fit --extract-network
-        print(f"error: {exc}", file=sys.stderr)
-        raise SystemExit(2)
+        return cli.error(exc, "bench_eval")
     if skipped is not None:
         print(f"extract: skipped: {skipped}")
     res["extract"] = extract
     res["extract_skipped"] = skipped
     print(json.dumps(res))
-    return res
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -22,9 +22,7 @@ worker's view. The last line is one JSON object holding every figure.
 """
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import statistics
 import sys
 import tempfile
@@ -33,14 +31,14 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from qgface_plugin.formats.recordio import RecordReader  # noqa: E402
-from qgface_plugin.utils import cpu_model  # noqa: E402
+from qgface_plugin import cli
+from qgface_plugin.errors import QGFaceInputError
+from qgface_plugin.formats.recordio import RecordReader
+from qgface_plugin.utils import cpu_model
 
 
 def _make_set(folder: Path, images: int) -> Path:
-    from qgface_plugin.synthetic.faces import make_dataset
+    from qgface_plugin.synthetic import make_dataset
     per = 20
     make_dataset(folder, num_identities=max(1, -(-images // per)), images_per_identity=per, num_val_identities=2,
                  val_pairs=40, seed=0)
@@ -53,13 +51,16 @@ def _timed(fn, keys) -> float:
     return time.perf_counter() - t0
 
 
-def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--rec", type=Path, help="a record set folder (train.rec + train.idx); default: a synthetic one")
-    ap.add_argument("--images", type=int, default=2000, help="images read per round (default 2000)")
-    ap.add_argument("--rounds", type=int, default=7, help="alternating rounds; medians are reported (default 7)")
+def main(argv=None) -> int:
+    ap = cli.parser(__doc__.split("\n\n")[0], raw_description=False)
+    ap.add_argument("--rec", type=Path, help="a record set folder (train.rec + train.idx); default: a synthetic one "
+                                             "written to a temporary folder")
+    ap.add_argument("--images", type=int, default=2000, help="images read per round")
+    ap.add_argument("--rounds", type=int, default=7, help="alternating rounds; medians are reported")
     ap.add_argument("--quick", action="store_true", help="300 images, 3 rounds")
     args = ap.parse_args(argv)
+    if args.images < 1 or args.rounds < 1:
+        return cli.error(f"--images {args.images} and --rounds {args.rounds} must be >= 1")
     if args.quick:
         args.images, args.rounds = 300, 3
 
@@ -72,8 +73,6 @@ def main(argv=None) -> dict:
 
     tmp = None
     if args.rec is None:
-        if mx is None:
-            ap.error(f"mxnet cannot be imported ({mx_error}) to write the synthetic set: pass --rec DIR")
         tmp = tempfile.TemporaryDirectory(prefix="bench_records_")
         t0 = time.perf_counter()
         root = _make_set(Path(tmp.name), args.images)
@@ -81,7 +80,10 @@ def main(argv=None) -> dict:
     else:
         root = args.rec
 
-    reader = RecordReader(root)
+    try:
+        reader = RecordReader(root)
+    except QGFaceInputError as exc:
+        return cli.error(exc)
     keys = [int(k) for k in reader.imgidx[:args.images]]
     order = np.random.default_rng(0).permutation(len(keys))
     keys = [keys[i] for i in order]
@@ -169,8 +171,8 @@ def main(argv=None) -> dict:
     if tmp is not None:
         tmp.cleanup()
     print(json.dumps(result), flush=True)
-    return result
+    return cli.EXIT_OK
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

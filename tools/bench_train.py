@@ -43,14 +43,12 @@ The last line printed is one JSON object holding every figure. Needs arcface_tor
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import os
 import platform
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -59,7 +57,8 @@ import threading
 import time
 from pathlib import Path
 
-from qgface_plugin.utils import cpu_model
+from qgface_plugin import cli
+from qgface_plugin.utils import cpu_model, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN = ROOT / "tools" / "train.py"
@@ -252,12 +251,6 @@ def launcher(argv) -> int:
 
 # ---------------------------------------------------------------------------------------------
 # the benchmark
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _loadavg():
     try:
         return [round(x, 2) for x in os.getloadavg()]
@@ -300,7 +293,7 @@ def arm_command(arm, s, world, output, port=None) -> list[str]:
     launch = [sys.executable]
     if world > 1:
         launch += ["-m", "torch.distributed.run", f"--nproc_per_node={world}",
-                   f"--master_port={port or _free_port()}"]
+                   f"--master_port={port or free_port()}"]
     return [*launch, str(Path(__file__).resolve()), LAUNCHER_FLAG, s["config"], *arm_overrides(arm, s, world, output)]
 
 
@@ -534,43 +527,47 @@ def print_table(arms: dict, order: list[str], all_ratios: dict, targets: dict) -
 
 
 def build_parser():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.parser(__doc__)
     g = p.add_argument_group("what to run")
     g.add_argument("--profile", choices=sorted(PROFILES), default="cpu",
                    help="size profile: cpu = mbf, batch 16, 20 steps, 2 threads, 3 rounds; gpu = r50, fp16, "
-                        "batch 128, sample_rate 0.2, 100k classes, 60 steps, 3 rounds (default: %(default)s)")
+                        "batch 128, sample_rate 0.2, 100k classes, 60 steps, 3 rounds")
     g.add_argument("--quick", action="store_true", help="tiny sizes (mbf, batch 2, 3 steps, 1 round), for the test")
     g.add_argument("--nproc", type=int, default=1,
-                   help="processes per run (torch.distributed.run when > 1; GPUs or gloo CPU ranks) (default: %(default)s)")
+                   help="processes per run (torch.distributed.run when > 1; GPUs or gloo CPU ranks)")
     g.add_argument("--hq-modes", nargs="+", choices=["gate", "subset"], default=["gate"],
-                   help="one QGFace arm per qgface_hq_mode; the first gives the headline (default: %(default)s)")
+                   help="one QGFace arm per qgface_hq_mode; the first gives the headline")
     g.add_argument("--arms", nargs="+", choices=["qgface", *ARCFACE_ARMS], default=["qgface", *ARCFACE_ARMS],
                    help="arms to run (default: all)")
     g = p.add_argument_group("sizes (default: the profile's)")
     g.add_argument("--config", help="base config (name in recognition_configs/ or path); the ArcFace arms run it "
-                                    "with loss=arcface (cpu: qgface_demo_cpu, gpu: qgface_ms1mv2_r50)")
-    g.add_argument("--network", help="backbone (cpu: mbf, gpu: r50)")
-    g.add_argument("--batch", type=int, help="B, images per rank of the QGFace arm (cpu: 16, gpu: 128)")
-    g.add_argument("--steps", type=int, help="steps per run (cpu: 20, gpu: 60)")
+                                    "with loss=arcface (default: cpu qgface_demo_cpu, gpu qgface_ms1mv2_r50)")
+    g.add_argument("--network", help="backbone (default: cpu mbf, gpu r50)")
+    g.add_argument("--batch", type=int, help="B, images per rank of the QGFace arm (default: cpu 16, gpu 128)")
+    g.add_argument("--steps", type=int, help="steps per run (default: cpu 20, gpu 60)")
     g.add_argument("--frequent", type=int, help="steps per logged window; the first window is left out "
-                                                "(cpu: 4, gpu: 10)")
-    g.add_argument("--repeats", type=int, help="rounds of all arms, medians reported (cpu: 3, gpu: 3)")
-    g.add_argument("--num-classes", dest="num_classes", type=int, help="classes (cpu: 1000, gpu: 100000)")
+                                                "(default: cpu 4, gpu 10)")
+    g.add_argument("--repeats", type=int, help="rounds of all arms, medians reported (default: cpu 3, gpu 3)")
+    g.add_argument("--num-classes", dest="num_classes", type=int, help="classes (default: cpu 1000, gpu 100000)")
     g.add_argument("--embedding-size", dest="embedding_size", type=int, help="embedding size (default: the config's)")
-    g.add_argument("--sample-rate", dest="sample_rate", type=float, help="Partial FC sample rate (cpu: 1, gpu: 0.2)")
-    g.add_argument("--fp16", dest="fp16", action="store_true", default=None, help="fp16 (gpu profile: on)")
-    g.add_argument("--no-fp16", dest="fp16", action="store_false", help="fp32")
-    g.add_argument("--workers", type=int, help="loader workers per rank (cpu: 1, gpu: 8)")
-    g.add_argument("--threads", type=int, help="OMP_NUM_THREADS per process (cpu: 2, gpu: 4)")
+    g.add_argument("--sample-rate", dest="sample_rate", type=float,
+                   help="Partial FC sample rate (default: cpu 1, gpu 0.2)")
+    g.add_argument("--fp16", dest="fp16", action="store_true", default=None,
+                   help="fp16 (default: cpu profile off, gpu profile on)")
+    g.add_argument("--no-fp16", dest="fp16", action="store_false", help="fp32 (default: the profile's)")
+    g.add_argument("--workers", type=int,
+                   help="loader workers per rank, 0 = load in the training process (default: cpu 1, gpu 8)")
+    g.add_argument("--threads", type=int, help="OMP_NUM_THREADS per process (default: cpu 2, gpu 4)")
     g.add_argument("--channels-last", dest="channels_last", action="store_true", default=None,
-                   help="NHWC backbone (cpu profile: on)")
-    g.add_argument("--no-channels-last", dest="channels_last", action="store_false", help="NCHW backbone")
-    g.add_argument("overrides", nargs="*", help="more key=value config overrides for every arm")
+                   help="NHWC backbone (default: cpu profile on, gpu profile off)")
+    g.add_argument("--no-channels-last", dest="channels_last", action="store_false",
+                   help="NCHW backbone (default: the profile's)")
+    g.add_argument("overrides", nargs="*", help="more key=value config overrides for every arm (default: none)")
     g = p.add_argument_group("run control")
     g.add_argument("--timeout", type=float, default=None,
                    help="seconds per run before it is killed (default: 600, quick: 120)")
     g.add_argument("--workdir", help="folder for the runs' outputs (default: a temporary folder, removed)")
-    g.add_argument("--keep", action="store_true", help="keep the runs' outputs")
+    g.add_argument("--keep", action="store_true", help="keep the runs' outputs (kept anyway with --workdir)")
     g.add_argument("--no-syncs", action="store_true", help="do not count host syncs")
     g.add_argument("--arcface-root", help="arcface_torch folder (default: $ARCFACE_TORCH_ROOT or third_party/)")
     g.add_argument("--verbose", action="store_true", help="stream every line of the training runs")
@@ -589,9 +586,10 @@ def main(argv=None) -> int:
         arms += [f"qgface_{m}" for m in dict.fromkeys(args.hq_modes)]
     arms += [a for a in ARCFACE_ARMS if a in args.arms]
     if s["steps"] <= s["frequent"]:
-        print(f"error: --steps ({s['steps']}) must exceed --frequent ({s['frequent']}): the first window is "
-              "left out of the loop's medians", file=sys.stderr)
-        return 2
+        return cli.error(f"--steps ({s['steps']}) must exceed --frequent ({s['frequent']}): the first window is "
+                         "left out of the loop's medians")
+    if world < 1 or s["repeats"] < 1:
+        return cli.error(f"--nproc and --repeats must be >= 1, got {world} and {s['repeats']}")
     workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="bench_train_"))
     workdir.mkdir(parents=True, exist_ok=True)
     load_before = _loadavg()

@@ -29,22 +29,22 @@ model, 1 when one failed (compared without it), 2 on bad input or when nothing c
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import sys
 import time
 from pathlib import Path
 
+from qgface_plugin import cli
 from qgface_plugin.eval import compare, suite
-from qgface_plugin.eval.cli import SHARED_FLAGS, HelpFormatter
+from qgface_plugin.eval.cli import SHARED_FLAGS
 
 TOOLS_DIR = Path(__file__).resolve().parent
 load_tool = suite.tool_loader(TOOLS_DIR)
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
+    p = cli.parser(__doc__.split("\n\n")[0], raw_description=False)
     p.add_argument("models", nargs="+", metavar="MODEL", help="model.pt / checkpoint or .onnx; the first is the "
                                                               "reference A")
     p.add_argument("--network", nargs="+", default=None,
@@ -52,7 +52,8 @@ def parse_args(argv=None):
                         "needed for .pt)")
     p.add_argument("--labels", nargs="+", default=None,
                    help="a short label per model, also its sub-folder of --output (default: A B C ...)")
-    p.add_argument("--data", default=None, help="root folder to look for the benchmarks in (as eval_suite.py)")
+    p.add_argument("--data", default=None, help="root folder to look for the benchmarks in, as eval_suite.py "
+                                                "(default: none; give the benchmark folders then)")
     p.add_argument("--output", required=True, help="output folder")
     p.add_argument("--bootstrap", type=int, default=1000, metavar="N",
                    help="paired bootstrap resamples per benchmark; 0 = no intervals")
@@ -101,8 +102,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     problem = check_models(args)
     if problem:
-        print(f"error: {problem}", file=sys.stderr)
-        return 2
+        return cli.error(problem)
     out = Path(args.output)
     runs, status = [], 0
     for i, (path, net, label) in enumerate(zip(args.models, _networks(args), args.labels)):
@@ -115,16 +115,14 @@ def main(argv=None) -> int:
         rc = suite.run_suite(ns, load_tool)
         print(f"[compare] model {label}: suite finished in {time.time() - t0:.1f} s (exit status {rc})", flush=True)
         if rc == 2:
-            print(f"error: model {label}: the evaluation suite had nothing to run", file=sys.stderr)
-            return 2
+            return cli.error(f"model {label}: the evaluation suite had nothing to run")
         status = max(status, rc)
         runs.append({"label": label, "model": str(path), "network": ns.network, "dir": str(out / label)})
     t0 = time.time()
     comp = compare.compare_runs(runs, resamples=args.bootstrap, seed=args.seed, level=args.level)
     comp["seconds_bootstrap"] = round(time.time() - t0, 3)
     if not comp["rows"]:
-        print("error: no benchmark ran for every model; nothing to compare", file=sys.stderr)
-        return 1
+        return cli.error("no benchmark ran for every model; nothing to compare", code=cli.EXIT_FAILED)
     (out / "compare.json").write_text(json.dumps(comp, indent=2) + "\n", encoding="utf-8")
     md = compare.markdown(comp)
     (out / "compare.md").write_text(md, encoding="utf-8")

@@ -18,7 +18,6 @@ third_party/arcface_torch (tools/fetch_arcface_torch.py).
 """
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import json
 import shutil
@@ -26,13 +25,14 @@ import sys
 import time
 from pathlib import Path
 
-from qgface_plugin.arcface import upstream
+from qgface_plugin import cli
+from qgface_plugin.arcface.checkout import find_root
 from qgface_plugin.arcface.config import load_config
 from qgface_plugin.errors import QGFaceConfigError, QGFaceInputError
 
 
 def _make_data(out: Path, args) -> dict:
-    from qgface_plugin.synthetic.faces import make_dataset
+    from qgface_plugin.synthetic import make_dataset
     summary_path = out / "dataset.json"
     if summary_path.is_file():
         info = json.loads(summary_path.read_text())
@@ -45,7 +45,7 @@ def _make_data(out: Path, args) -> dict:
     info = make_dataset(out, num_identities=args.identities, images_per_identity=args.images_per_identity,
                         num_val_identities=args.val_identities, val_pairs=args.val_pairs, seed=args.seed)
     import cv2
-    from qgface_plugin.synthetic.faces import contact_sheet
+    from qgface_plugin.synthetic import contact_sheet
     cv2.imwrite(str(out / "preview.png"), contact_sheet(out, rows=8, cols=12)[..., ::-1])
     return info
 
@@ -157,34 +157,41 @@ def _eval_lines(ev: dict) -> list:
     return lines
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser():
+    parser = cli.parser(__doc__)
     parser.add_argument("--output", default="work_dirs/demo", help="folder for data, model, logs")
     parser.add_argument("--config", default="qgface_demo_cpu", help="training config (name or path)")
-    parser.add_argument("--loss", choices=("qgface", "arcface", "cosface"), help="override config.loss")
-    parser.add_argument("--identities", type=int, default=60)
-    parser.add_argument("--images-per-identity", type=int, default=16)
-    parser.add_argument("--val-identities", type=int, default=40)
-    parser.add_argument("--val-pairs", type=int, default=400)
-    parser.add_argument("--epochs", type=int, help="override config.num_epoch")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--arcface-root", help="arcface_torch folder")
+    parser.add_argument("--loss", choices=("qgface", "arcface", "cosface"),
+                        help="override config.loss (default: the config's)")
+    parser.add_argument("--identities", type=int, default=60, help="training identities of the synthetic dataset")
+    parser.add_argument("--images-per-identity", type=int, default=16, help="images of each training identity")
+    parser.add_argument("--val-identities", type=int, default=40,
+                        help="held-out identities of the .bin verification sets")
+    parser.add_argument("--val-pairs", type=int, default=400, help="pairs of each .bin verification set")
+    parser.add_argument("--epochs", type=int, help="override config.num_epoch (default: the config's)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic dataset and benchmarks")
+    parser.add_argument("--arcface-root", help="arcface_torch folder (default: $ARCFACE_TORCH_ROOT or third_party/)")
     parser.add_argument("--skip-eval", action="store_true",
                         help="stop after training (no synthetic benchmarks, no evaluation suite)")
     parser.add_argument("--benchmarks-size", choices=("small", "medium"), default="small",
                         help="size of the synthetic benchmarks (small: the suite takes ~2 min on 2 CPU cores)")
     parser.add_argument("--eval-lowres", nargs="*", type=int, default=[12],
-                        help="low-resolution variants (px) of the .bin sets in the suite (default 12; each one "
+                        help="low-resolution variants (px) of the .bin sets in the suite (default: 12; each one "
                              "re-embeds the first image of every pair: ~20 s on 2 CPU cores; none: --eval-lowres)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None) -> int:
+    """Exit 0 when the demo ran (and every benchmark of the suite succeeded), 1 when the suite failed,
+    2 for bad input (flags, config, data, no arcface_torch)."""
+    args = build_parser().parse_args(argv)
 
     t0 = time.time()
     out = Path(args.output)
     try:
-        root = upstream.find_root(args.arcface_root)
+        root = find_root(args.arcface_root)
     except QGFaceConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return cli.error(exc)
     import torch
     device = "GPU (" + torch.cuda.get_device_name(0) + ")" if torch.cuda.is_available() else \
         f"CPU ({torch.get_num_threads()} threads)"
@@ -202,8 +209,7 @@ def main(argv=None) -> int:
         from qgface_plugin.arcface.training import train
         summary = train(cfg, str(root))
     except (QGFaceConfigError, QGFaceInputError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return cli.error(exc)
     ev = None if args.skip_eval else _run_eval(out, args, cfg, summary, root)
     wall = time.time() - t0
     ver = summary["verification"]
@@ -223,7 +229,7 @@ def main(argv=None) -> int:
     print("\n".join(lines))
     (out / "demo_summary.json").write_text(json.dumps({**summary, "demo_wall_s": round(wall, 1), "eval": ev},
                                                       indent=1))
-    return 1 if ev is not None and ev["rc"] else 0
+    return cli.EXIT_FAILED if ev is not None and ev["rc"] else cli.EXIT_OK
 
 
 if __name__ == "__main__":

@@ -36,16 +36,20 @@ import numpy as np
 from qgface_plugin.eval import erc
 from qgface_plugin.eval.cli import (add_erc_flags, erc_options, evaluator_parser, run_evaluation, write_items,
                                     write_quality, write_report)
-from qgface_plugin.eval.ijb import DEFAULT_ERC_FAR, DEFAULT_FARS, evaluate_ijb, far_resolved
+from qgface_plugin.eval.ijb import DEFAULT_ERC_FAR, DEFAULT_FARS, evaluate_ijb
+from qgface_plugin.eval.roc import far_label, far_resolved
 
 
 def parse_args(argv=None):
     p = evaluator_parser(__doc__.split("\n\n")[0], "IJB folder holding loose_crop/ and meta/")
-    p.add_argument("--target", default="IJBC", type=str.upper, choices=("IJBC", "IJBB"), help="benchmark")
+    p.add_argument("--target", default="IJBC", type=str.upper, choices=("IJBC", "IJBB"),
+                   help="benchmark (its meta files' prefix)")
     p.add_argument("--no-norm-score", dest="norm_score", action="store_false",
-                   help="L2-normalise each image feature before pooling (upstream N0)")
+                   help="L2-normalise each image feature before pooling (upstream N0; default: the raw features, "
+                        "upstream N1)")
     p.add_argument("--no-detector-score", dest="detector_score", action="store_false",
-                   help="do not weight image features by the detector score (upstream D0)")
+                   help="do not weight image features by the detector score (upstream D0; default: weighted, "
+                        "upstream D1)")
     p.add_argument("--fars", nargs="+", type=float, default=list(DEFAULT_FARS), help="FARs the TAR is read at")
     p.add_argument("--quality-bins", type=int, default=3, help="pair-quality bins of the quality view (0 = off)")
     p.add_argument("--load-batch", type=int, default=1024, help="images decoded per chunk (= cache shard size)")
@@ -60,16 +64,15 @@ def _pct(x) -> str:
     return "–" if x is None else f"{100 * x:.2f}"
 
 
-def _far_label(key: str) -> str:
-    return key.split("=", 1)[1]
-
-
-def _dagger(key: str, res: dict) -> str:
-    return "" if far_resolved(key, res["min_resolvable_far"]) else " †"
-
-
 def markdown(res: dict, args) -> str:
     keys = list(res["tar_at_far"])
+    fars = {k: res["far_points"][k]["far"] for k in keys}  # the FAR each TAR key was read at
+
+    def _far_label(key: str) -> str:
+        return far_label(fars[key])
+
+    def _dagger(key: str, res: dict) -> str:
+        return "" if far_resolved(fars[key], res["min_resolvable_far"]) else " †"
     c, pr = res["counts"], res["protocol"]
     lines = [f"{res['benchmark']} 1:1 verification, TAR (%) at FAR", "",
              f"{c['images']} images, {c['templates']} templates, {c['pairs']} pairs ({c['genuine']} genuine); "
@@ -86,7 +89,7 @@ def markdown(res: dict, args) -> str:
                   "thresholds", "", "| bin | pairs | genuine | quality | " + " | ".join(_far_label(k) for k in keys)
                   + " |", "|---" * (len(keys) + 4) + "|"]
         for b in res["quality_bins"]:
-            lines.append(f"| {b['bin']} | {b['pairs']} | {b['genuine']} | {b['quality_min']:.2f}–"
+            lines.append(f"| {b['bin']} | {b['count']} | {b['genuine']} | {b['quality_min']:.2f}–"
                          f"{b['quality_max']:.2f} | " + " | ".join(_pct(b[k]) + _dagger(k, res) for k in keys) + " |")
     rep = res.get("erc")
     if rep:

@@ -71,7 +71,7 @@ def markdown(res: dict, flip: str) -> str:
     lines += ["", "Rank-1 by probe feature-norm bin (quality view)", "",
               "| bin | probes | norm range | rank-1 |", "|---|---|---|---|"]
     for b in res["quality_bins"]:
-        lines.append(f"| {b['bin']} | {b['count']} | {b['norm_min']:.3f}–{b['norm_max']:.3f} | "
+        lines.append(f"| {b['bin']} | {b['count']} | {b['quality_min']:.3f}–{b['quality_max']:.3f} | "
                      f"{100 * b['rank1']:.2f} |")
     if res.get("erc"):
         lines += ["", erc.markdown_note(res["erc"]), ""] + erc.markdown_table([("probes", res["erc"])])

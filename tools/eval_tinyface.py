@@ -7,7 +7,7 @@
 layout inside ``aligned_pad_0.1_pad_high/``, ``tinyface/Testing_Set/`` or another direct sub-folder; the
 root used is reported). Gallery = Gallery_Match + all Gallery_Distractor images (distractors never match);
 identity = file-name prefix before the first "_"; score = cosine similarity of the L2-normalised fused
-features (see ``qgface_plugin.eval.tinyface`` for the tie rule). ``--model`` is an arcface_torch
+features (see ``qgface_plugin.eval.identification`` for the tie rule). ``--model`` is an arcface_torch
 ``model.pt`` (needs ``--network``) or an ``.onnx`` file.
 
 Writes ``<output>/tinyface.json`` (fractions), ``<output>/tinyface.md`` (percent) and
@@ -52,7 +52,8 @@ def markdown(res: dict, flip: str) -> str:
              "Rank-1 by probe feature-norm bin (quality view)", "",
              "| bin | probes | norm range | rank-1 |", "|---|---|---|---|"]
     for b in res["quality_bins"]:
-        lines.append(f"| {b['bin']} | {b['count']} | {b['norm_min']:.3f}–{b['norm_max']:.3f} | {100 * b['rank1']:.2f} |")
+        lines.append(f"| {b['bin']} | {b['count']} | {b['quality_min']:.3f}–{b['quality_max']:.3f} | "
+                     f"{100 * b['rank1']:.2f} |")
     if res.get("erc"):
         lines += ["", erc.markdown_note(res["erc"]), ""] + erc.markdown_table([("probes", res["erc"])])
     return "\n".join(lines) + "\n"

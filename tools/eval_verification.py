@@ -160,7 +160,7 @@ def main(argv=None) -> int:
               "units": {"accuracy": "fraction", "std": "fraction",
                         "threshold": "squared L2 distance of unit features",
                         "quality_bins.accuracy": "fraction", "quality_bins.genuine_fraction": "fraction",
-                        "quality_bins.norm_min": "raw feature norm (pair quality)", "erc": "fraction"},
+                        "quality_bins.quality_min": "raw feature norm (pair quality)", "erc": "fraction"},
               "erc_fmr": args.erc_fmr,
               "seconds": seconds, "results": results, "quality_file": quality_files, "items_file": items_files,
               "erc_plot": erc_plots}

@@ -9,32 +9,27 @@ stays usable as a quality score. Unless --no-check, the file is checked with onn
 torch in ONNX Runtime at batch 1 and 8, and loaded through ``insightface.model_zoo.get_model``. The figures
 are printed, then one JSON line. Exit status 2 on a configuration or input error.
 """
-import argparse
 import json
 import sys
 import time
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-try:
-    from qgface_plugin.errors import QGFaceConfigError, QGFaceInputError
-except ImportError:  # run from a checkout without `pip install -e .`
-    sys.path.append(str(REPO))
-    from qgface_plugin.errors import QGFaceConfigError, QGFaceInputError
+from qgface_plugin import cli
+from qgface_plugin.errors import QGFaceConfigError, QGFaceInputError
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.parser(__doc__, prog="export_onnx")
     parser.add_argument("--network", required=True, help="arcface_torch backbone name (r50, mbf, ...)")
     parser.add_argument("--model", required=True, help="model.pt (state dict) or checkpoint_gpu_*.pt")
     parser.add_argument("--output", required=True, help="ONNX file to write (*.onnx)")
-    parser.add_argument("--opset", type=int, default=17)
+    parser.add_argument("--opset", type=int, default=17, help="ONNX opset")
     parser.add_argument("--embedding-size", type=int, help="D (default: inferred from the state dict)")
     parser.add_argument("--arcface-root", help="arcface_torch folder (default: ARCFACE_TORCH_ROOT or third_party)")
     parser.add_argument("--no-check", action="store_true", help="skip onnx.checker, ONNX Runtime and insightface checks")
     args = parser.parse_args(argv)
 
-    from qgface_plugin.export import check_insightface, export_onnx, load_backbone
+    from qgface_plugin.arcface.backbone import load_backbone
+    from qgface_plugin.export import check_insightface, export_onnx
 
     t0 = time.time()
     try:
@@ -53,8 +48,7 @@ def main(argv=None) -> int:
                   f"{info['max_abs_diff']:.3g} (rel {info['max_rel_diff']:.3g}) on {info['feat_shape'][0]} images")
             fig["insightface"] = info
     except (QGFaceConfigError, QGFaceInputError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return cli.error(exc, "export_onnx")
     fig["network"] = args.network
     fig["wall_s"] = round(time.time() - t0, 3)
     print(json.dumps(fig, default=list), flush=True)

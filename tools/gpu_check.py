@@ -27,7 +27,6 @@ device, and it leaves CUDA_VISIBLE_DEVICES as it finds it.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -38,6 +37,8 @@ import tempfile
 import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
+
+from qgface_plugin import cli
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "tools" / "bench_train.py"
@@ -209,24 +210,29 @@ def stage_train(ctx, timeout, nproc):
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.parser(__doc__)
     p.add_argument("--cpu-dry-run", action="store_true",
                    help="run the same stages on CPU/gloo with tiny sizes (mbf, a few steps, 1 and 2 processes)")
     p.add_argument("--budget", type=float, default=470.0,
-                   help="seconds for all stages together; each stage gets at most what is left (default: %(default)s)")
+                   help="seconds for all stages together; each stage gets at most what is left")
     p.add_argument("--stage-timeout", type=float, nargs=4, metavar=("ENV", "TESTS", "ONE", "ALL"),
-                   default=(60.0, 150.0, 240.0, 240.0), help="seconds per stage, at most (default: %(default)s)")
+                   default=(60.0, 150.0, 240.0, 240.0), help="seconds per stage, at most")
     p.add_argument("--skip", nargs="*", choices=STAGES, default=[], help="stages to leave out")
-    p.add_argument("--network", default="r50", help="backbone of the training runs (default: %(default)s; r18 is faster)")
-    p.add_argument("--batch", type=int, default=128, help="images per GPU of the QGFace runs (default: %(default)s)")
-    p.add_argument("--steps", type=int, default=40, help="steps per training run (default: %(default)s)")
-    p.add_argument("--frequent", type=int, default=10,
-                   help="steps per logged window, the first left out (default: %(default)s)")
+    p.add_argument("--network", default="r50", help="backbone of the training runs (r18 is faster)")
+    p.add_argument("--batch", type=int, default=128, help="images per GPU of the QGFace runs")
+    p.add_argument("--steps", type=int, default=40, help="steps per training run")
+    p.add_argument("--frequent", type=int, default=10, help="steps per logged window, the first left out")
     p.add_argument("--num-classes", dest="num_classes", type=int, default=100_000,
-                   help="classes of the training runs (Partial FC samples 20%%) (default: %(default)s)")
+                   help="classes of the training runs (Partial FC samples 20%%)")
     p.add_argument("--arcface-root", help="arcface_torch folder (default: $ARCFACE_TORCH_ROOT or third_party/)")
-    p.add_argument("--output", help="also write the JSON object to this file")
+    p.add_argument("--output", help="also write the JSON object to this file (default: printed only)")
     args = p.parse_args(argv)
+    if args.budget <= 0 or min(args.stage_timeout) <= 0:
+        return cli.error(f"--budget and --stage-timeout must be > 0, got {args.budget:g} and "
+                         f"{' '.join(f'{t:g}' for t in args.stage_timeout)}")
+    if not args.cpu_dry_run and args.steps <= args.frequent:  # a dry run uses bench_train's --quick sizes
+        return cli.error(f"--steps ({args.steps}) must exceed --frequent ({args.frequent}): bench_train leaves the "
+                         "first window out")
 
     t_start = time.time()
     tmp = Path(tempfile.mkdtemp(prefix="gpu_check_"))
@@ -275,7 +281,7 @@ def main(argv=None) -> int:
     if args.output:
         Path(args.output).write_text(text + "\n")
     print(text)
-    return 0 if not failed else 1
+    return cli.EXIT_FAILED if failed else cli.EXIT_OK
 
 
 if __name__ == "__main__":

@@ -14,17 +14,16 @@ resolves TAR@FAR=1e-4 on IJB-C and takes ~5 minutes there. Same seed and size ->
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
+from qgface_plugin import cli
 from qgface_plugin.errors import QGFaceConfigError
 from qgface_plugin.synthetic.benchmarks import SIZES, SUMMARY_FILE, make_benchmarks
 
 
 def build_parser():
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = cli.parser(__doc__.split("\n\n")[0], raw_description=False)
     p.add_argument("--output", required=True, help="output folder (created; same-named files replaced)")
     p.add_argument("--seed", type=int, default=0, help="random seed (same seed -> same bytes)")
     p.add_argument("--size", choices=tuple(SIZES), default="small", help="benchmark sizes")
@@ -55,8 +54,7 @@ def main(argv=None) -> int:
     try:
         summary = make_benchmarks(args.output, seed=args.seed, size=args.size)
     except QGFaceConfigError as exc:
-        print(f"make_synthetic_benchmarks: error: {exc}", file=sys.stderr)
-        return 2
+        return cli.error(exc, "make_synthetic_benchmarks")
     print("\n".join(describe(summary, args.output)))
     return 0
 

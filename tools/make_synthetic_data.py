@@ -18,7 +18,8 @@ import os
 import sys
 import time
 
-from qgface_plugin.synthetic.faces import contact_sheet, make_dataset
+from qgface_plugin import cli
+from qgface_plugin.synthetic import contact_sheet, make_dataset
 
 
 def _non_negative_int(text):
@@ -29,8 +30,7 @@ def _non_negative_int(text):
 
 
 def build_parser():
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = cli.parser(__doc__.split("\n\n")[0], raw_description=False)
     p.add_argument("--output", required=True, help="output folder (created if missing; files replaced)")
     p.add_argument("--identities", type=int, default=100, help="training identities")
     p.add_argument("--images-per-identity", type=int, default=20, help="images per training identity")
@@ -39,19 +39,20 @@ def build_parser():
     p.add_argument("--val-pairs", type=int, default=600,
                    help="pairs in synthetic_val.bin (a multiple of 40; half HQ-HQ, half LQ-HQ)")
     p.add_argument("--seed", type=int, default=0, help="random seed (same seed -> same bytes)")
-    p.add_argument("--workers", type=_non_negative_int, default=1,
-                   help="rendering processes (0 = one per CPU); the output does not depend on it")
+    p.add_argument("--workers", type=_non_negative_int, default=None,
+                   help="rendering worker processes; 0 = none, render in this process; the output does not "
+                        "depend on it (default: one per CPU)")
     p.add_argument("--preview", default=None, metavar="PNG",
                    help="also write a contact sheet: rows = identities, columns = images "
-                        "(clean first, degraded ones framed in red)")
+                        "(clean first, degraded ones framed in red; default: no preview)")
     p.add_argument("--preview-rows", type=int, default=12, help="identities in the preview")
     p.add_argument("--preview-cols", type=int, default=10, help="images per identity in the preview")
     return p
 
 
-def main(argv=None):
+def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    workers = args.workers or (os.cpu_count() or 1)
+    workers = (os.cpu_count() or 1) if args.workers is None else args.workers
     t0 = time.perf_counter()
     last = {}
 
@@ -69,8 +70,7 @@ def main(argv=None):
                                num_val_identities=args.val_identities, val_pairs=args.val_pairs,
                                seed=args.seed, progress=progress, workers=workers)
     except ValueError as exc:
-        print(f"make_synthetic_data: error: {exc}", file=sys.stderr)
-        return 2
+        return cli.error(exc, "make_synthetic_data")
     out = os.path.abspath(args.output)
     summary["paths"] = {key: os.path.join(out, name) for key, name in summary["files"].items()}
     if args.preview:
@@ -79,8 +79,7 @@ def main(argv=None):
         sheet = contact_sheet(args.output, rows=args.preview_rows, cols=args.preview_cols)
         os.makedirs(os.path.dirname(os.path.abspath(args.preview)), exist_ok=True)
         if not cv2.imwrite(args.preview, sheet[..., ::-1]):
-            print(f"make_synthetic_data: error: could not write {args.preview!r}", file=sys.stderr)
-            return 1
+            return cli.error(f"could not write {args.preview!r}", "make_synthetic_data", cli.EXIT_FAILED)
         summary["paths"]["preview"] = os.path.abspath(args.preview)
     summary["seconds"]["wall"] = round(time.perf_counter() - t0, 3)
     print(json.dumps(summary, indent=2))

@@ -8,13 +8,14 @@ CUDA, the CPU shims.
 What it does before running SCRIPT as ``__main__`` (``runpy.run_path``):
 
 1. ``qgface_plugin.arcface.upstream.load(ROOT)`` (``--root``, else ``ARCFACE_TORCH_ROOT``, else
-   ``third_party/arcface_torch``): checks the API and applies ``apply_fixes`` (SciPy ``interp1d`` in
+   ``third_party/arcface_torch``): checks the API and applies ``compat.apply_fixes`` (SciPy ``interp1d`` in
    ``eval/verification.py``, numpy aliases).
-2. ``install_lr_scheduler_compat`` (torch >= 2.7 removed ``verbose``, which ``PolynomialLRWarmup`` passes),
+2. From ``qgface_plugin.arcface.compat``: ``install_lr_scheduler_compat`` (torch >= 2.7 removed ``verbose``,
+   which ``PolynomialLRWarmup`` passes),
    ``install_tensorboard_fallback`` (tensorboardX when ``tensorboard`` is not installed) and
    ``install_menpo_stub`` (``eval_ijbc.py`` imports menpo only for the ROC plot's colours; a
    matplotlib stand-in when ``menpo`` is not installed).
-3. Only without CUDA: ``install_cpu_shim`` (NCCL -> gloo, ``.cuda()`` identity, CUDA streams, DDP
+3. Only without CUDA: ``qgface_plugin.arcface.cpu_shim.install_cpu_shim`` (NCCL -> gloo, ``.cuda()`` identity, CUDA streams, DDP
    without ``device_ids``, ``sync_random_seed`` on CPU).
 4. ``--config-dir DIR`` (repeatable): ``configs/<name>`` also resolves to ``DIR/<name>.py``; DIR comes
    first, so its files (``base.py`` included) win over upstream's of the same name. Upstream's
@@ -34,22 +35,14 @@ from __future__ import annotations
 import argparse
 import os
 import runpy
-import socket
 import sys
 from pathlib import Path
 
-try:
-    from qgface_plugin.arcface import upstream
-except ImportError:  # run from a checkout without `pip install -e .`
-    sys.path.append(str(Path(__file__).resolve().parents[1]))
-    from qgface_plugin.arcface import upstream
+from qgface_plugin import cli
+from qgface_plugin.arcface import compat, upstream
+from qgface_plugin.arcface.cpu_shim import install_cpu_shim
 from qgface_plugin.errors import QGFaceConfigError
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from qgface_plugin.utils import free_port
 
 
 def _script_path(script: str, root: Path) -> Path:
@@ -76,10 +69,10 @@ def set_synthetic_length(ns, n: int) -> None:
 def prepare(root=None, config_dirs=(), synthetic_len=None, fixed_port=False):
     """Steps 1-6 of the module docstring; returns :func:`qgface_plugin.arcface.upstream.load`'s namespace."""
     ns = upstream.load(root)
-    upstream.install_lr_scheduler_compat()
-    upstream.install_tensorboard_fallback()
-    upstream.install_menpo_stub()
-    upstream.install_cpu_shim(ns)
+    compat.install_lr_scheduler_compat()
+    compat.install_tensorboard_fallback()
+    compat.install_menpo_stub()
+    install_cpu_shim(ns)
     if config_dirs:
         upstream.add_config_dirs([Path(d).expanduser().resolve() for d in config_dirs], ns.root, prepend=True)
     if synthetic_len is not None:
@@ -87,30 +80,28 @@ def prepare(root=None, config_dirs=(), synthetic_len=None, fixed_port=False):
     if not fixed_port and not any(k in os.environ for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE")):
         os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1")
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", str(_free_port()))
+        os.environ.setdefault("MASTER_PORT", str(free_port()))
     return ns
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser = cli.parser(__doc__.split("\n\n")[0], prog="run_upstream", epilog=__doc__)
     parser.add_argument("--root", help="arcface_torch folder (default: $ARCFACE_TORCH_ROOT, then "
                                        "third_party/arcface_torch)")
     parser.add_argument("--config-dir", action="append", default=[], metavar="DIR",
                         help="extra folder for configs/<name> (repeatable; searched before upstream's configs/)")
     parser.add_argument("--synthetic-len", type=int, metavar="N",
-                        help="number of images of upstream's SyntheticDataset (default 1,000,000)")
+                        help="number of images of upstream's SyntheticDataset (default: upstream's 1,000,000)")
     parser.add_argument("--fixed-port", action="store_true",
                         help="single process: keep train_v2's fixed tcp://127.0.0.1:12584 rendezvous")
     parser.add_argument("script", help="script to run, e.g. train_v2.py (looked up in the arcface_torch folder)")
-    parser.add_argument("args", nargs=argparse.REMAINDER, help="arguments of the script")
+    parser.add_argument("args", nargs=argparse.REMAINDER, help="arguments of the script (default: none)")
     args = parser.parse_args(argv)
     try:
         ns = prepare(args.root, args.config_dir, args.synthetic_len, args.fixed_port)
         script = _script_path(args.script, ns.root)
     except QGFaceConfigError as e:
-        print(f"run_upstream: {e}", file=sys.stderr)
-        return 2
+        return cli.error(e, "run_upstream")
     os.chdir(ns.root)
     root = str(ns.root)
     if root in sys.path:

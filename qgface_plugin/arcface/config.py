@@ -143,10 +143,9 @@ def validate_config(cfg: dict, known: set[str] | None = None, own_loop: bool = T
         raise QGFaceConfigError("config.dali=True is not supported: DALI has no hook for QGFace's two views")
     if own_loop and cfg.get("using_wandb"):
         warnings.warn("config.using_wandb is ignored: qgface_plugin logs to tensorboardX", stacklevel=2)
-    num_image, total_batch = cfg["num_image"], cfg["batch_size"]
-    if num_image < total_batch:
-        raise QGFaceConfigError(
-            f"config.num_image={num_image} is smaller than batch_size={total_batch}: no full batch per epoch")
+    if cfg["num_image"] < cfg["batch_size"]:  # per rank; the loop checks the ranks' total when it knows them
+        raise QGFaceConfigError(f"config.num_image={cfg['num_image']} is smaller than batch_size={cfg['batch_size']}: "
+                                "no full batch per epoch")
     return cfg
 
 

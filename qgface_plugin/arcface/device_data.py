@@ -2,31 +2,31 @@
 
 The loader's workers ship CHW **uint8** images (``output="uint8"`` transforms: a quarter of the
 float32 bytes to collate, pin and copy); :class:`DeviceBatches` checks the labels while they are
-still on the host (no device sync), copies each batch to the device and normalises it there
-(:func:`qgface_plugin.views.normalise_images`, bitwise the float transforms' values). On CUDA the
-copy and normalisation of the next batch run on a side stream while the current step computes, as
-upstream's ``DataLoaderX`` prefetches; elsewhere batches are moved one by one, in order.
+still on the host (:func:`qgface_plugin.classifier.check_labels`: no device sync), copies each batch to
+the device and normalises it there (:func:`qgface_plugin.views.normalise_images`, bitwise the float
+transforms' values). On CUDA the copy and normalisation of the next batch run on a side stream while
+the current step computes, as upstream's ``DataLoaderX`` prefetches; elsewhere batches are moved one by
+one, in order. :func:`stack_views` lays a two-view batch out as the backbone takes it (our loop and the
+hooks for upstream's train_v2 both use it).
 """
 from __future__ import annotations
 
 import torch
 
+from ..classifier import check_labels
 from ..errors import QGFaceInputError
 from ..views import normalise_images
 
-__all__ = ["DeviceBatches", "check_labels_on_host"]
+__all__ = ["DeviceBatches", "stack_views"]
 
 
-def check_labels_on_host(labels: torch.Tensor, num_classes: int) -> None:
-    """Raise if a CPU label batch holds a label outside [0, num_classes) (host work only)."""
-    if labels.numel() == 0:
-        return
-    lo, hi = int(labels.min()), int(labels.max())
-    if lo < 0 or hi >= num_classes:
-        bad = hi if hi >= num_classes else lo
+def stack_views(img: torch.Tensor) -> torch.Tensor:
+    """``[B, 2, C, H, W]`` (H view, L view per image) -> ``[2B, C, H, W]``: all H views, then all L views."""
+    if img.dim() != 5 or img.shape[1] != 2:
         raise QGFaceInputError(
-            f"label {bad} in a training batch is outside [0, num_classes={num_classes}); set "
-            "num_classes to the number of identities of the training set (its 'property' file)")
+            f"QGFace needs batches of two views [B, 2, C, H, W], got {tuple(img.shape)}: build the loader "
+            "through qgface_hooks.prepare_loader")
+    return torch.cat([img[:, 0], img[:, 1]])
 
 
 class DeviceBatches:
@@ -47,7 +47,7 @@ class DeviceBatches:
 
     def _to_device(self, batch):
         images, labels = batch
-        check_labels_on_host(labels, self.num_classes)
+        check_labels(labels, self.num_classes, where="a training batch")  # CPU tensor: no device sync
         images = images.to(self.device, non_blocking=True)
         labels = labels.to(self.device, non_blocking=True)
         return normalise_images(images), labels

@@ -1,7 +1,7 @@
 """From a config to QGFace components: the one place that maps ``qgface_*`` keys to constructors.
 
-Used by our training loop (:mod:`qgface_plugin.arcface.training`) and by the hooks for upstream's patched
-``train_v2.py`` (:mod:`qgface_plugin.arcface.hooks`), so both build exactly the same things.
+Used by our training loop (:mod:`.training`, with its :mod:`.loader` and :mod:`.checkpoint`) and by the hooks
+for upstream's patched ``train_v2.py`` (:mod:`.hooks`), so both build exactly the same things.
 """
 from __future__ import annotations
 

@@ -55,9 +55,10 @@ import sys
 
 import numpy as np
 import torch
-import torch.distributed as torch_dist
 
+from .. import dist
 from .config import LOSSES, base_config, validate_config
+from .device_data import stack_views
 from ..errors import QGFaceConfigError, QGFaceInputError
 from .factory import (load_qgface_state_dict, qgface_loss, qgface_margin, qgface_state_dict,
                       threshold_at_step, two_view_transform)
@@ -73,11 +74,6 @@ QGFACE_PREFIX = "qgface_"
 CHECKPOINT_KEY = "state_qgface"
 
 log = logging.getLogger(__name__)
-
-
-def _rank() -> int:
-    return torch_dist.get_rank() if torch_dist.is_available() and torch_dist.is_initialized() else 0
-
 
 # ---------------------------------------------------------------------------------------- config
 
@@ -159,7 +155,7 @@ def prepare_loader(train_loader, cfg):
         raise QGFaceConfigError(
             f"config.loss='qgface' needs a DataLoader over a dataset (for its two views); got "
             f"{type(train_loader).__name__}. Set config.dali = False.")
-    seed = None if cfg.get("seed") is None else int(cfg.seed) + _rank()
+    seed = None if cfg.get("seed") is None else int(cfg.seed) + dist.rank()
     if hasattr(dataset, "transform"):
         transform = two_view_transform(cfg, seed)
         dataset.transform = transform if hasattr(dataset, "imgrec") else _ArrayInput(transform)
@@ -170,15 +166,6 @@ def prepare_loader(train_loader, cfg):
         raise QGFaceConfigError(f"config.loss='qgface' cannot make two views for {type(dataset).__name__}: "
                                 "use a train.rec folder, an image folder or rec='synthetic'")
     return train_loader
-
-
-def stack_views(img: torch.Tensor) -> torch.Tensor:
-    """``[B, 2, C, H, W]`` (H view, L view per image) -> ``[2B, C, H, W]``: all H views, then all L views."""
-    if img.dim() != 5 or img.shape[1] != 2:
-        raise QGFaceInputError(
-            f"QGFace needs batches of two views [B, 2, C, H, W], got {tuple(img.shape)}: build the loader "
-            "through qgface_hooks.prepare_loader")
-    return torch.cat([img[:, 0], img[:, 1]])
 
 
 # ----------------------------------------------------------------------------------------- model
@@ -221,16 +208,15 @@ def loss(criterion: QGFaceLoss, local_embeddings: torch.Tensor, local_labels: to
         cfg: the config (train_v2 has set ``total_batch_size``).
         global_step: train_v2's step counter, already incremented (1 at the first step).
 
-    The threshold b ramps up over ``qgface_threshold_warmup_epochs`` (:func:`threshold_schedule`,
+    The threshold b ramps up over ``qgface_threshold_warmup_epochs`` (:func:`~qgface_plugin.quality.threshold_schedule`,
     at the fractional epoch of this step). Every ``cfg.frequent`` steps rank 0 logs the loss parts,
     HQ fraction, b, queue fill and norm statistics (into ``training.log``).
     """
-    total_batch = cfg.get("total_batch_size") or cfg.batch_size * (torch_dist.get_world_size()
-                                                                    if torch_dist.is_initialized() else 1)
-    steps_per_epoch = max(1, cfg.num_image // total_batch)
+    total_batch_size = cfg.get("total_batch_size") or cfg.batch_size * dist.world_size()
+    steps_per_epoch = max(1, cfg.num_image // total_batch_size)
     b = threshold_at_step(cfg, global_step - 1, steps_per_epoch)
     value, stats = criterion(local_embeddings.float(), local_labels, threshold=b)
-    if cfg.frequent and global_step % cfg.frequent == 0 and _rank() == 0:
+    if cfg.frequent and global_step % cfg.frequent == 0 and dist.rank() == 0:
         s = {k: float(v) for k, v in stats.items()}
         log.info("QGFace step %d: loss %.4f  cls %.4f  con %.4f  hq %.0f%%  contrasted %.0f%%  b %.3f  "
                  "queue %.0f%%  norm %.2f+-%.2f", global_step, s["loss"], s["loss_cls"], s["loss_con"],

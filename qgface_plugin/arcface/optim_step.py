@@ -15,8 +15,8 @@ replaces it: the optimizer is stepped directly once the flag says the gradients 
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
 
+from ..dist import all_reduce_sum_, world_size
 from ..errors import QGFaceConfigError, QGFaceNonFiniteError
 
 __all__ = ["optimizer_step", "NonFiniteSteps"]
@@ -38,7 +38,7 @@ class NonFiniteSteps:
         self.steps: list[int] = []
 
     def record(self, skipped: bool, step: int) -> None:
-        """Note the outcome of ``step`` (0-based index of the step just taken)."""
+        """Note the outcome of ``step`` (the 1-based number of the step just taken, as the log counts)."""
         if not skipped:
             self.consecutive = 0
             return
@@ -90,8 +90,8 @@ def optimizer_step(loss: torch.Tensor, opt: torch.optim.Optimizer, scaler: torch
     grad_norm = torch.nn.utils.clip_grad_norm_(list(clip_params), clip_norm)
     other = [p.grad for p in other_params if p.grad is not None]
     flag = _nonfinite_flag(loss, grad_norm, other)
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(flag)
+    if world_size() > 1:
+        all_reduce_sum_(flag)
     skipped = bool(flag.item())  # the step's one host sync (GradScaler.step's, taken here instead)
     if skipped:
         if scaler.is_enabled():

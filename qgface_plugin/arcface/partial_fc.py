@@ -58,10 +58,12 @@ def qgface_partial_fc(upstream_module):
             self.hq_mode = check_hq_mode(hq_mode)
 
         def forward(self, local_embeddings, local_labels, quality: Quality | None = None):
-            set_quality = getattr(self.margin_softmax, "set_quality", None)
+            # the margin gets the global batch's quality once, in Partial FC's gathered row order, for
+            # its next call: the gate (hq_mode="gate") or none (the subset; or no partition, b = 0)
+            set_quality = getattr(self.margin_softmax, "set_quality", None)  # upstream's margins have none
+            if set_quality is not None:
+                set_quality(quality, gate=self.hq_mode == "gate")
             if quality is None or self.hq_mode == "gate" or not quality.partitioned:
-                if set_quality is not None:
-                    set_quality(quality, gate=self.hq_mode == "gate")
                 return super().forward(local_embeddings, local_labels)
             return self._subset_forward(local_embeddings, local_labels, quality)
 
@@ -91,8 +93,7 @@ def qgface_partial_fc(upstream_module):
             with torch.autocast(device_type=device.type, enabled=self.fp16):
                 logits = linear(normalize(embeddings), normalize(weight))
             logits = logits.float().clamp(-1, 1)
-            self.margin_softmax.set_quality(quality, gate=False)
-            logits = self.margin_softmax(logits, labels)
+            logits = self.margin_softmax(logits, labels)                             # quality set in forward
             return _MaskedDistCrossEntropy.apply(logits, labels, quality.hq)
 
     QGFacePartialFC.__qualname__ = QGFacePartialFC.__name__ = "QGFacePartialFC"

@@ -13,18 +13,9 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import QGFaceInputError
+from ..formats.face_crop import ARCFACE_TEMPLATE  # the template's one home (built as upstream builds it)
 
 __all__ = ["ARCFACE_TEMPLATE", "to_five_points", "estimate_transform", "align_face"]
-
-
-def _template() -> np.ndarray:
-    src = np.array([[30.2946, 51.6963], [65.5318, 51.5014], [48.0252, 71.7366], [33.5493, 92.3655],
-                    [62.7299, 92.2041]], dtype=np.float32)
-    src[:, 0] += 8.0  # as upstream: the 96x112 template shifted to 112x112, in float32
-    return src
-
-
-ARCFACE_TEMPLATE = _template()
 
 
 def to_five_points(landmarks) -> np.ndarray:

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import QGFaceInputError
+from ..utils import atomic_write
 
 __all__ = ["FeatureCache", "digest", "files_digest", "make_cache"]
 
@@ -73,7 +74,8 @@ class FeatureCache:
             raise QGFaceInputError(f"{self.dir}: cannot create the feature cache folder ({e})") from e
         key_file = self.dir / "key.json"
         if not key_file.exists():
-            _write_atomic(key_file, lambda f: f.write((json.dumps(self.key, indent=2, sort_keys=True) + "\n").encode()))
+            key_text = json.dumps(self.key, indent=2, sort_keys=True) + "\n"
+            atomic_write(key_file, lambda tmp: Path(tmp).write_text(key_text, encoding="utf-8"))
 
     def check_layout(self, n: int, shard_size: int) -> None:
         """Fix the item count and shard size; shards written with another layout are not reused."""
@@ -87,7 +89,7 @@ class FeatureCache:
             if old != layout:
                 for shard in self.dir.glob("shard_*.npz"):
                     shard.unlink()
-        _write_atomic(lf, lambda f: f.write(json.dumps(layout).encode()))
+        atomic_write(lf, lambda tmp: Path(tmp).write_text(json.dumps(layout), encoding="utf-8"))
         self._layout = layout
 
     def _path(self, k: int) -> Path:
@@ -116,7 +118,7 @@ class FeatureCache:
     def put(self, k: int, features, norms) -> None:
         f = np.asarray(features, dtype=np.float32)
         nrm = np.asarray(norms, dtype=np.float32)
-        _write_atomic(self._path(k), lambda fh: np.savez(fh, features=f, norms=nrm))
+        atomic_write(self._path(k), lambda tmp: np.savez(tmp, features=f, norms=nrm), suffix=".npz")
 
 
 def make_cache(cache_dir, name: str, extractor, items: str):
@@ -126,13 +128,3 @@ def make_cache(cache_dir, name: str, extractor, items: str):
         return None
     return FeatureCache(cache_dir, name, dict(extractor.cache_key(), items=items))
 
-
-def _write_atomic(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()

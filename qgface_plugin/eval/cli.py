@@ -4,19 +4,18 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-from ..cli import HelpFormatter
+from ..cli import HelpFormatter, error
 from ..errors import QGFaceConfigError, QGFaceInputError
+from ..utils import atomic_write
 from . import erc as erc_mod
 from .features import FLIP_MODES, FeatureExtractor, load_model
 
-__all__ = ["SHARED_FLAGS", "ERC_FLAGS", "HelpFormatter", "evaluator_parser", "shared_argv", "add_erc_flags",
+__all__ = ["SHARED_FLAGS", "ERC_FLAGS", "evaluator_parser", "shared_argv", "add_erc_flags",
            "erc_options", "erc_argv", "make_extractor", "run_evaluation", "write_report", "write_quality",
            "write_items"]
 
@@ -31,7 +30,8 @@ SHARED_FLAGS = (
     ("--device", dict(default="cpu", help="torch / ONNX Runtime device: cpu, cuda, cuda:N")),
     ("--fp16", dict(action="store_true", help="half-precision forward passes (CUDA)")),
     ("--arcface-root", dict(default=None, help="arcface_torch folder (default: ARCFACE_TORCH_ROOT, ...)")),
-    ("--workers", dict(type=int, default=None, help="image decoding threads (default: cores, at most 8)")),
+    ("--workers", dict(type=int, default=None, help="image decoding threads; 0 = decode in the calling thread "
+                                                   "(default: the cores, at most 8)")),
     ("--cache", dict(default=None, help="folder for a resumable on-disk cache of image features (default: none)")),
     ("--progress", dict(action="store_true", help="progress bars on stderr")),
 )
@@ -122,8 +122,8 @@ def run_evaluation(args, evaluate, prepare=None):
 
     ``prepare()`` (optional) runs first, so input it checks fails before a model is loaded; its result is
     then passed on: ``evaluate(extractor, prepare())``. Returns
-    ``(result, model info, seconds)``, or ``None`` after printing ``error: <message>`` on stderr for bad
-    input or configuration (the tool then exits with status 2).
+    ``(result, model info, seconds)``, or ``None`` after printing ``<tool>: error: <message>`` on stderr
+    (:func:`qgface_plugin.cli.error`) for bad input or configuration (the tool then exits with status 2).
     """
     try:
         extra = () if prepare is None else (prepare(),)
@@ -132,7 +132,7 @@ def run_evaluation(args, evaluate, prepare=None):
         result = evaluate(extractor, *extra)
         return result, info, round(time.time() - t0, 3)
     except (QGFaceInputError, QGFaceConfigError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        error(e)
         return None
 
 
@@ -171,15 +171,14 @@ def write_quality(output, name: str, columns: dict) -> str:
     lengths = {k: len(c) for k, c in zip(names, cols)}
     if len(set(lengths.values())) > 1:
         raise ValueError(f"write_quality({name!r}): columns differ in length: {lengths}")
-    out = Path(output)
-    out.mkdir(parents=True, exist_ok=True)
     fname = f"{name}_quality.csv"
-    tmp = out / f".{fname}.tmp"
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(names)
-        w.writerows([_cell(v) for v in row] for row in zip(*cols))
-    os.replace(tmp, out / fname)
+
+    def write(tmp):
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
+            w = csv.writer(f)
+            w.writerow(names)
+            w.writerows([_cell(v) for v in row] for row in zip(*cols))
+    atomic_write(Path(output) / fname, write)
     return fname
 
 
@@ -187,10 +186,7 @@ def write_items(output, name: str, arrays: dict) -> str:
     """Write ``<output>/<name>_items.npz``: full-precision per-item arrays (per pair / per probe) that
     ``tools/compare_models.py`` resamples. Written beside it first and renamed into place. Returns the file
     name (relative to ``output``), for the JSON report."""
-    out = Path(output)
-    out.mkdir(parents=True, exist_ok=True)
     fname = f"{name}_items.npz"
-    tmp = out / f".{fname}.tmp.npz"
-    np.savez(tmp, **{k: np.asarray(v) for k, v in arrays.items()})
-    os.replace(tmp, out / fname)
+    atomic_write(Path(output) / fname, lambda tmp: np.savez(tmp, **{k: np.asarray(v) for k, v in arrays.items()}),
+                 suffix=".npz")
     return fname

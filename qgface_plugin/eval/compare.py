@@ -14,8 +14,9 @@ folder, and then this module reads back, per benchmark, the per-pair / per-probe
 * SCface, per protocol: its probes, resampled **within each distance** (the d1/d2/d3 counts stay fixed).
   Rank-1 at d1, d2, d3, overall, and per probe-quality third.
 * IJB-B / IJB-C: its pairs. TAR at each FAR the set resolves (1e-5 .. 1e-2), the threshold **recomputed in
-  every resample** (:class:`~qgface_plugin.eval.paired.WeightedROC`, exactly ``tar_at_far`` on the resampled
-  pairs), and the TAR per pair-quality third at the resample's global threshold of the quality view's FAR.
+  every resample** (:class:`~qgface_plugin.eval.paired.WeightedROC`, exactly
+  :func:`~qgface_plugin.eval.roc.tar_at_far` on the resampled pairs), and the TAR per pair-quality third at the
+  resample's global threshold of the quality view's FAR.
 
 The quality thirds of each model are that model's own (its norms order the items), recomputed on every
 resample. Every figure on the original items equals the one in the model's own report (tested).
@@ -28,9 +29,10 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import QGFaceInputError
-from .ijb import pair_quality, read_pairs
+from .ijb import pair_min_template_quality, read_pairs
 from .paired import LEVEL, SortedBins, WeightedROC, bootstrap, weighted_mean
-from .suite import IJB_FAR_KEYS, quality_far
+from .roc import far_key, far_resolved
+from .suite import IJB_FARS, quality_far
 
 __all__ = ["figure_sets", "compare_runs", "markdown", "plot"]
 
@@ -94,19 +96,22 @@ def _verification_stat(items, variants, bins):
     return stat
 
 
-def _ijb_stat(scores, labels, quality, keys, qkey, bins):
-    fars = {k: float(k.split("=", 1)[1]) for k in dict.fromkeys(list(keys) + [qkey])}
-    roc = WeightedROC(scores, labels, max_far=max(fars.values()))
+def _ijb_stat(scores, labels, quality, fars, qfar, bins):
+    """Figures ``TAR@FAR=<far>`` per FAR of ``fars`` and, with ``bins``, the TAR per pair-quality bin at the
+    resample's global threshold of ``qfar``."""
+    keys = {far_key(f): f for f in fars}
+    qkey = far_key(qfar)
+    roc = WeightedROC(scores, labels, max_far=max([*fars, qfar]))
     sb = SortedBins(quality, bins) if bins else None
     if sb is not None:  # in quality order once: a resample then gathers its counts only
         gen_q = sb.sort(np.asarray(labels) == 1)
         s_q = sb.sort(scores)
 
     def stat(counts):
-        got = roc.tar_at_far(counts, list(fars.values()))
-        out = {k: got[fars[k]][0] for k in keys}
+        got = roc.tar_at_far(counts, list(dict.fromkeys([*fars, qfar])))
+        out = {k: got[f][0] for k, f in keys.items()}
         if sb is not None:
-            thr = got[fars[qkey]][1]
+            thr = got[qfar][1]
             acc = gen_q * (s_q >= thr) if thr is not None else np.zeros(len(s_q))
             _, (num, den) = sb.sums_sorted(sb.sort(counts), acc, gen_q)
             vals = [_ratio(a, g) if thr is not None else None for a, g in zip(num, den)]
@@ -173,10 +178,10 @@ def figure_sets(key, title, report_dirs: dict, reports: dict, data_dir) -> list:
         return out
     # IJB
     pairs = read_pairs(str(data_dir), key.upper())
-    keys = [k for k in IJB_FAR_KEYS if float(k.split("=")[1]) >= ref.get("min_resolvable_far", 0) * (1 - 1e-9)]
-    qkey = quality_far(ref)
-    if qkey not in keys:  # a small set: at least the FAR of the quality view
-        keys.append(qkey)
+    fars = [f for f in IJB_FARS if far_resolved(f, ref.get("min_resolvable_far", 0))]
+    qfar = quality_far(ref)
+    if qfar not in fars:  # a small set: at least the FAR of the quality view
+        fars.append(qfar)
     bins = len(ref.get("quality_bins") or [])
     stats = {}
     for m in models:
@@ -184,8 +189,8 @@ def figure_sets(key, title, report_dirs: dict, reports: dict, data_dir) -> list:
         items = _npz(need(base[m] / reports[m]["items_file"]))
         if len(scores) != len(pairs["labels"]):
             raise QGFaceInputError(f"{title}: model {m} has {len(scores)} pair scores for {len(pairs['labels'])} pairs")
-        pq = pair_quality(items["template"], items["template_quality"], pairs["p1"], pairs["p2"])
-        stats[m] = _ijb_stat(scores, pairs["labels"], pq, keys, qkey, bins)
+        pq = pair_min_template_quality(items["template"], items["template_quality"], pairs["p1"], pairs["p2"])
+        stats[m] = _ijb_stat(scores, pairs["labels"], pq, fars, qfar, bins)
     out.append({"id": key, "benchmark": key, "title": title, "unit": "pairs", "n": len(pairs["labels"]),
                 "strata": None, "stats": stats})
     return out

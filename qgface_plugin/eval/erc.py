@@ -42,6 +42,7 @@ import math
 import numpy as np
 
 from ..errors import QGFaceInputError
+from .roc import FAR_DECADES, far_key, far_resolved, tar_at_far
 
 __all__ = ["DEFAULT_FRACTIONS", "DEFAULT_DRAWS", "TIE_RULE", "RANDOM_METHOD", "check_fractions", "n_rejected",
            "reject_curve", "auc", "random_baseline", "erc", "options", "choose_fmr", "fnmr_erc", "rank1_erc", "error_at",
@@ -55,7 +56,6 @@ TIE_RULE = ("proportional: exactly floor(f*n) items are rejected, lowest quality
 RANDOM_METHOD = ("expected error under uniformly random rejection of the same number of items, analytic and exact: "
                  "the unrejected error at every fraction (for FNMR conditional on at least one genuine pair kept); "
                  "band: seeded random rejection orders sampled exactly (nested hypergeometric draws)")
-_FAR_DECADES = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
 
 
 # ------------------------------------------------------------------------------------------------ the curve
@@ -269,24 +269,23 @@ def error_at(erc_report: dict, fraction: float, curve: str = "norm"):
 # ------------------------------------------------------------------------------------- the two evaluations
 def choose_fmr(requested, n_impostor):
     """``(fmr, resolved)``: ``requested`` when the set resolves it (``requested >= 1 / n_impostor``, as
-    :func:`~qgface_plugin.eval.ijb.far_resolved`), else the smallest larger decade (1e-6 .. 1e-1) it resolves;
+    :func:`~qgface_plugin.eval.roc.far_resolved`), else the smallest larger decade (1e-6 .. 1e-1) it resolves;
     ``resolved`` False when not even 1e-1 is (fewer than 10 impostor pairs; 1e-1 is used)."""
-    from .ijb import far_key, far_resolved
     requested = float(requested)
     min_far = 1.0 / max(1, int(n_impostor))
-    if far_resolved(far_key(requested), min_far):
+    if far_resolved(requested, min_far):
         return requested, True
-    for d in _FAR_DECADES:
-        if d > requested and far_resolved(far_key(d), min_far):
+    for d in FAR_DECADES:
+        if d > requested and far_resolved(d, min_far):
             return d, True
-    return max(requested, _FAR_DECADES[-1]), False
+    return max(requested, FAR_DECADES[-1]), False
 
 
 def fnmr_erc(scores, labels, quality, fmr=1e-3, threshold=None, fractions=DEFAULT_FRACTIONS,
              draws=DEFAULT_DRAWS, seed=0, quality_desc="pair quality", score_desc="similarity") -> dict:
     """ERC of verification pairs: FNMR at one threshold fixed on ALL pairs, rejecting low pair quality.
 
-    The threshold is the one :func:`~qgface_plugin.eval.ijb.tar_at_far` reads TAR@FAR at (the ROC point
+    The threshold is the one :func:`~qgface_plugin.eval.roc.tar_at_far` reads TAR@FAR at (the ROC point
     nearest to the FMR, ties to the largest TAR; a pair is accepted iff ``score >= threshold``) for the FMR
     :func:`choose_fmr` picks from ``fmr``; pass ``threshold`` to use another one (then ``fmr`` is only
     recorded). At fraction 0 the FNMR is ``1 - TAR@FAR``. Returns :func:`erc`'s dict plus ``metric``,
@@ -299,7 +298,6 @@ def fnmr_erc(scores, labels, quality, fmr=1e-3, threshold=None, fractions=DEFAUL
         return None
     used, resolved = choose_fmr(fmr, int((~y).sum()))
     if threshold is None:
-        from .ijb import far_key, tar_at_far
         _, roc = tar_at_far(s, y.astype(np.int64), [used], return_roc=True)
         threshold = roc["far_points"][far_key(used)][2]
     threshold = float(threshold)

@@ -1,6 +1,7 @@
 """Embed aligned 112x112 RGB faces with a torch backbone or an ONNX model, with optional flip fusion.
 
-Pre-processing is exactly arcface_torch's: RGB, ``(x / 255 - 0.5) / 0.5``, NCHW float32.
+Pre-processing is exactly arcface_torch's: RGB, ``(x / 255 - 0.5) / 0.5``, NCHW float32 -- the training
+views' own normalisation (:mod:`qgface_plugin.views`), so evaluation sees the values training saw.
 
 Flip fusion (``flip=``):
 
@@ -13,7 +14,8 @@ Flip fusion (``flip=``):
 * ``"none"``: ``f(x)`` only.
 
 The returned ``norms`` are always ``|f(x)|`` of the non-flipped raw feature: the feature-norm
-quality score used by QGFace / AdaFace / MagFace.
+quality score used by QGFace / AdaFace / MagFace. :func:`l2_normalise` is the evaluators' one row
+normalisation (cosine scores, template features).
 """
 from __future__ import annotations
 
@@ -25,17 +27,24 @@ import numpy as np
 
 from ..errors import QGFaceInputError
 
-__all__ = ["FLIP_MODES", "FeatureExtractor", "preprocess", "load_model", "read_image", "load_images", "embed_items",
-           "embed_files", "default_workers"]
+__all__ = ["FLIP_MODES", "FeatureExtractor", "preprocess", "l2_normalise", "load_model", "read_image", "load_images",
+           "embed_items", "embed_files", "default_workers"]
 
 FLIP_MODES = ("sum", "norm_weighted", "none")
 
 
 def preprocess(images_rgb_uint8) -> np.ndarray:
-    """[N,H,W,3] uint8 RGB -> [N,3,H,W] float32 in [-1, 1], as arcface_torch does."""
-    x = np.asarray(images_rgb_uint8, dtype=np.float32)
-    x = (x / 255.0 - 0.5) / 0.5
-    return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+    """[N,H,W,3] uint8 RGB -> C-contiguous [N,3,H,W] float32 in [-1, 1], as arcface_torch does: the
+    normalisation of the training views (:mod:`qgface_plugin.views`), bitwise."""
+    from ..views import normalise_array
+    return normalise_array(np.asarray(images_rgb_uint8, dtype=np.uint8))
+
+
+def l2_normalise(x, dtype=None) -> np.ndarray:
+    """Each row of ``x`` ``[N, D]`` divided by its L2 norm, in ``dtype`` (default: ``x``'s own). A row whose
+    norm is below 1e-12 is divided by 1e-12, so zero rows stay zero."""
+    x = np.asarray(x, dtype=dtype)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
 class FeatureExtractor:
@@ -163,9 +172,7 @@ class FeatureExtractor:
                 if self.flip == "sum":
                     f = f + g
                 else:  # norm_weighted: sum of unit vectors weighted by their norms (== sum mathematically)
-                    gn = np.linalg.norm(g, axis=1)
-                    f = (f / np.maximum(norm, 1e-12)[:, None]) * norm[:, None] \
-                        + (g / np.maximum(gn, 1e-12)[:, None]) * gn[:, None]
+                    f = l2_normalise(f) * norm[:, None] + l2_normalise(g) * np.linalg.norm(g, axis=1)[:, None]
             feats.append(f.astype(np.float32))
             norms.append(norm.astype(np.float32))
             bar.update(len(f))
@@ -179,7 +186,7 @@ def load_model(model_path, network=None, root=None):
     """What a :class:`FeatureExtractor` takes, from an evaluator's ``--model``/``--network`` flags.
 
     Returns ``(model, info)``: an ``.onnx`` path as it is, or the backbone of a ``.pt`` (``model.pt``
-    or a training checkpoint) built with arcface_torch's ``get_model`` (:func:`qgface_plugin.export.load_backbone`).
+    or a training checkpoint) built with arcface_torch's ``get_model`` (:func:`qgface_plugin.arcface.backbone.load_backbone`).
     """
     from pathlib import Path
 
@@ -191,7 +198,7 @@ def load_model(model_path, network=None, root=None):
         return str(model_path), {"kind": "onnx"}
     if not network:
         raise QGFaceConfigError("--network is required for a .pt model (e.g. --network r50)")
-    from ..export import infer_embedding_size, load_backbone
+    from ..arcface.backbone import infer_embedding_size, load_backbone
     net = load_backbone(network, model_path, root=root)
     return net, {"kind": "torch", "network": network, "embedding_size": infer_embedding_size(net.state_dict())}
 

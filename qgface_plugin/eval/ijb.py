@@ -10,7 +10,7 @@ not copied):
 * image features -> (optional per-image L2 normalisation when the norm is *not* used) -> (optional x detector
   score) -> mean within each (template, media) -> **sum** over the medias of a template -> L2-normalise.
 * score = cosine of the two template features; TAR at FAR read off ``sklearn.metrics.roc_curve`` at the ROC point
-  nearest to each FAR (no interpolation), ties going to the largest TPR, as upstream.
+  nearest to each FAR (no interpolation), ties going to the largest TPR, as upstream (:mod:`.roc`).
 
 Deliberate differences from upstream: a pair naming a template id that has no images raises
 :class:`~qgface_plugin.errors.QGFaceInputError` (upstream silently maps it to row 0 or raises ``IndexError``);
@@ -25,27 +25,21 @@ from typing import Dict, Iterable, Optional, Sequence, Tuple
 import numpy as np
 
 from ..errors import QGFaceInputError
+from ..formats.ijb_meta import meta_paths
+from .features import l2_normalise
+from .quality_view import bin_rows
+from .roc import FAR_DECADES, far_key, tar_at_far
 
 __all__ = ["DEFAULT_FARS", "DEFAULT_ERC_FAR", "meta_paths", "read_meta", "read_pairs", "template_features",
-           "pair_scores", "far_key", "far_resolved", "tar_at_far", "template_quality", "pair_quality", "quality_tar",
-           "evaluate_ijb"]
+           "pair_scores", "template_quality", "pair_min_template_quality", "quality_tar", "evaluate_ijb"]
 
-DEFAULT_FARS = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
+DEFAULT_FARS = FAR_DECADES  # the FARs the TAR is read at
 DEFAULT_ERC_FAR = 1e-4  # the error-versus-reject curve's FAR (or the smallest larger decade the set resolves)
 
 
 # ----------------------------------------------------------------------------------------------------------
 # meta readers
 # ----------------------------------------------------------------------------------------------------------
-def meta_paths(data_dir: str, target: str) -> Dict[str, str]:
-    """The three meta file paths for ``target`` (``IJBC``/``IJBB``, any case)."""
-    t = str(target).lower()
-    meta = os.path.join(data_dir, "meta")
-    return {"tid_mid": os.path.join(meta, f"{t}_face_tid_mid.txt"),
-            "pairs": os.path.join(meta, f"{t}_template_pair_label.txt"),
-            "5pts": os.path.join(meta, f"{t}_name_5pts_score.txt")}
-
-
 def _check_exists(path: str) -> None:
     if not os.path.isfile(path):
         raise QGFaceInputError(f"IJB meta file not found: {path}")
@@ -105,21 +99,21 @@ def read_meta(data_dir: str, target: str = "IJBC") -> Dict[str, np.ndarray]:
     paths = meta_paths(data_dir, target)
     for p in paths.values():
         _check_exists(p)
-    names, tids, mids = _parse_lines(paths["tid_mid"], 3, [str, int, int])
-    pts_cols = _parse_lines(paths["5pts"], 12, [str] + [float] * 11)
+    names, tids, mids = _parse_lines(paths["face_tid_mid"], 3, [str, int, int])
+    pts_cols = _parse_lines(paths["name_5pts_score"], 12, [str] + [float] * 11)
     pts_names = pts_cols[0]
     if len(names) != len(pts_names):
-        raise QGFaceInputError(f"row counts differ: {paths['tid_mid']} has {len(names)} rows, {paths['5pts']} has "
+        raise QGFaceInputError(f"row counts differ: {paths['face_tid_mid']} has {len(names)} rows, {paths['name_5pts_score']} has "
                                f"{len(pts_names)} rows (upstream aligns the two files by row index)")
     if names != pts_names:
         i = next(k for k, (a, b) in enumerate(zip(names, pts_names)) if a != b)
-        raise QGFaceInputError(f"names not row-aligned at data row {i + 1}: {paths['tid_mid']} has {names[i]!r}, "
-                               f"{paths['5pts']} has {pts_names[i]!r}")
+        raise QGFaceInputError(f"names not row-aligned at data row {i + 1}: {paths['face_tid_mid']} has {names[i]!r}, "
+                               f"{paths['name_5pts_score']} has {pts_names[i]!r}")
     pts = np.asarray(pts_cols[1:], dtype=np.float64).T.reshape(-1, 11)
-    pairs = _read_int_table(paths["pairs"], 3)
+    pairs = _read_int_table(paths["template_pair_label"], 3)
     if pairs.size and not np.isin(pairs[:, 2], (0, 1)).all():
         bad = int(np.flatnonzero(~np.isin(pairs[:, 2], (0, 1)))[0])
-        raise QGFaceInputError(f"{paths['pairs']}: data row {bad + 1}: label {pairs[bad, 2]} is not 0 or 1")
+        raise QGFaceInputError(f"{paths['template_pair_label']}: data row {bad + 1}: label {pairs[bad, 2]} is not 0 or 1")
     return {"names": np.asarray(names, dtype=str),
             "templates": np.asarray(tids, dtype=np.int64),
             "medias": np.asarray(mids, dtype=np.int64),
@@ -130,7 +124,7 @@ def read_meta(data_dir: str, target: str = "IJBC") -> Dict[str, np.ndarray]:
 
 def read_pairs(data_dir: str, target: str = "IJBC") -> Dict[str, np.ndarray]:
     """Only the pair file of ``target``: ``{"p1", "p2", "labels"}`` (int64), as :func:`read_meta` returns them."""
-    path = meta_paths(data_dir, target)["pairs"]
+    path = meta_paths(data_dir, target)["template_pair_label"]
     pairs = _read_int_table(path, 3)
     if pairs.size and not np.isin(pairs[:, 2], (0, 1)).all():
         bad = int(np.flatnonzero(~np.isin(pairs[:, 2], (0, 1)))[0])
@@ -141,11 +135,6 @@ def read_pairs(data_dir: str, target: str = "IJBC") -> Dict[str, np.ndarray]:
 # ----------------------------------------------------------------------------------------------------------
 # template pooling
 # ----------------------------------------------------------------------------------------------------------
-def _l2n(x: np.ndarray) -> np.ndarray:
-    n = np.sqrt(np.einsum("ij,ij->i", x, x))[:, None]
-    return x / np.where(n > 0, n, 1.0)  # zero rows stay zero (as sklearn.preprocessing.normalize)
-
-
 def template_features(img_feats, templates, medias, use_norm: bool = True, scores=None,
                       chunk: int = 65536) -> Tuple[np.ndarray, np.ndarray]:
     """Pool raw image features ``[N, D]`` into L2-normalised template features, as upstream ``eval_ijbc.py``.
@@ -195,7 +184,7 @@ def template_features(img_feats, templates, medias, use_norm: bool = True, score
         j = min(i + step, n)
         m = sp.csr_matrix((w[i:j], (rows[i:j], np.arange(j - i))), shape=(len(uniq_t), j - i))
         tmpl += m @ x[i:j].astype(np.float64)
-    return uniq_t, _l2n(tmpl).astype(np.float32)
+    return uniq_t, l2_normalise(tmpl).astype(np.float32)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -275,53 +264,6 @@ def pair_scores(template_ids, template_feats, p1, p2, method: str = "matrix",
 
 
 # ----------------------------------------------------------------------------------------------------------
-# TAR @ FAR
-# ----------------------------------------------------------------------------------------------------------
-def far_key(far: float) -> str:
-    """``1e-4 -> "TAR@FAR=1e-4"``, ``0.25 -> "TAR@FAR=2.5e-1"`` (the JSON key of a TAR)."""
-    mant, exp = f"{float(far):.3e}".split("e")
-    return f"TAR@FAR={mant.rstrip('0').rstrip('.')}e{int(exp)}"
-
-
-def far_resolved(key: str, min_resolvable_far: float) -> bool:
-    """Whether the FAR of a :func:`far_key` key is at least ``min_resolvable_far`` (1 / impostor pairs):
-    smaller FARs all read the FAR-0 point of the ROC."""
-    return float(key.split("=", 1)[1]) >= min_resolvable_far * (1 - 1e-9)
-
-
-def tar_at_far(scores, labels, fars: Iterable[float] = DEFAULT_FARS, return_roc: bool = False):
-    """TAR at each FAR as upstream ``eval_ijbc.py``: ``fpr, tpr, thr = sklearn.metrics.roc_curve(labels, scores)``
-    (default ``drop_intermediate=True``); for each FAR take the ROC point with the smallest ``|fpr - far|``
-    (no interpolation); among equally near points upstream's flipped-array ``min`` picks the one with the
-    **largest index in roc_curve order**, i.e. the largest TPR.
-
-    Returns ``{"TAR@FAR=1e-4": float, ...}`` (:func:`far_key`); with ``return_roc=True`` returns
-    ``(that dict, roc)`` where ``roc = {"fpr", "tpr", "thresholds", "auc", "far_points"}`` (arrays in roc_curve
-    order; ``far_points[key] = (index, fpr, threshold)`` of the ROC point chosen for each FAR: a pair is
-    accepted at that point iff ``score >= threshold``).
-    """
-    from sklearn.metrics import auc, roc_curve
-    scores = np.asarray(scores, dtype=np.float64).ravel()
-    labels = np.asarray(labels).ravel()
-    if len(scores) != len(labels):
-        raise QGFaceInputError(f"tar_at_far: {len(scores)} scores for {len(labels)} labels")
-    if not np.isfinite(scores).all():
-        raise QGFaceInputError("tar_at_far: scores has non-finite values")
-    if not (np.any(labels == 1) and np.any(labels == 0)) or not np.isin(labels, (0, 1)).all():
-        raise QGFaceInputError("tar_at_far: labels must be 0/1 with both classes present")
-    fpr, tpr, thr = roc_curve(labels, scores)
-    out, points = {}, {}
-    for far in fars:
-        d = np.abs(fpr - far)
-        idx = int(np.flatnonzero(d == d.min())[-1])
-        out[far_key(far)] = float(tpr[idx])
-        points[far_key(far)] = (idx, float(fpr[idx]), float(thr[idx]))
-    if return_roc:
-        return out, {"fpr": fpr, "tpr": tpr, "thresholds": thr, "auc": float(auc(fpr, tpr)), "far_points": points}
-    return out
-
-
-# ----------------------------------------------------------------------------------------------------------
 # quality view
 # ----------------------------------------------------------------------------------------------------------
 def template_quality(norms, templates, template_ids) -> np.ndarray:
@@ -335,7 +277,7 @@ def template_quality(norms, templates, template_ids) -> np.ndarray:
     return total / np.maximum(count, 1)
 
 
-def pair_quality(template_ids, template_qualities, p1, p2) -> np.ndarray:
+def pair_min_template_quality(template_ids, template_qualities, p1, p2) -> np.ndarray:
     """Quality of each pair ``(p1[k], p2[k])`` (template ids): the lower of its two templates' qualities
     (``template_qualities`` per id of ``template_ids``, as :func:`template_quality` returns them)."""
     tids = np.asarray(template_ids, dtype=np.int64)
@@ -345,28 +287,30 @@ def pair_quality(template_ids, template_qualities, p1, p2) -> np.ndarray:
 
 
 def quality_tar(scores, labels, pair_quality, roc, bins: int = 3) -> list:
-    """TAR by pair-quality bin at the **global** thresholds of ``roc`` (from :func:`tar_at_far`).
+    """TAR by pair-quality bin at the **global** thresholds of ``roc`` (from
+    :func:`~qgface_plugin.eval.roc.tar_at_far`).
 
     Pairs (genuine and impostor together) are sorted by ``pair_quality`` (the lower of the two templates'
-    qualities; stable sort) and split into ``bins`` near-equal groups, lowest quality first. For each bin
-    and each FAR of ``roc["far_points"]``: ``TAR`` = fraction of the bin's genuine pairs with
-    ``score >= threshold`` and ``FAR`` = the same for its impostor pairs, with the threshold that gives the
-    global FAR (so the bins' genuine-count-weighted TARs add up to the global TAR). A bin without genuine
-    (impostor) pairs reports ``None`` for its TARs (FARs).
+    qualities, :func:`pair_min_template_quality`; stable sort) and split into ``bins`` near-equal groups,
+    lowest quality first (:func:`~qgface_plugin.eval.quality_view.bin_rows`). For each bin and each FAR of
+    ``roc["far_points"]``: ``TAR`` = fraction of the bin's genuine pairs with ``score >= threshold`` and ``FAR``
+    = the same for its impostor pairs, with the threshold that gives the global FAR (so the bins'
+    genuine-count-weighted TARs add up to the global TAR). A bin without genuine (impostor) pairs reports
+    ``None`` for its TARs (FARs).
+
+    Returns ``[{"bin", "count" (pairs), "quality_min", "quality_max", "genuine", "impostor", "TAR@FAR=<far>",
+    "FAR@FAR=<far>", ...}, ...]`` (:func:`~qgface_plugin.eval.roc.far_key`).
     """
-    from .quality_view import quality_split
     scores = np.asarray(scores, dtype=np.float64).ravel()
     labels = np.asarray(labels).ravel()
-    q = np.asarray(pair_quality, dtype=np.float64).ravel()
     out = []
-    for name, idx in quality_split(q, bins, "quality_tar"):
+    for row, idx in bin_rows(pair_quality, bins, "quality_tar"):
         gen = scores[idx][labels[idx] == 1]
         imp = scores[idx][labels[idx] == 0]
-        row = {"bin": name, "pairs": int(len(idx)), "genuine": int(len(gen)), "impostor": int(len(imp)),
-               "quality_min": float(q[idx].min()), "quality_max": float(q[idx].max())}
-        for key, (_, _, thr) in roc["far_points"].items():
-            row[key] = float((gen >= thr).mean()) if len(gen) else None
-            row[key.replace("TAR@", "FAR@")] = float((imp >= thr).mean()) if len(imp) else None
+        row.update(genuine=int(len(gen)), impostor=int(len(imp)))
+        for _, _, thr, far in roc["far_points"].values():
+            row[far_key(far)] = float((gen >= thr).mean()) if len(gen) else None
+            row[far_key(far, "FAR")] = float((imp >= thr).mean()) if len(imp) else None
         out.append(row)
     return out
 
@@ -390,10 +334,11 @@ def evaluate_ijb(extractor, data_dir, target: str = "IJBC", use_norm: bool = Tru
     (:func:`~qgface_plugin.eval.align.align_face`), embeds it (the extractor's flip fusion; upstream: sum of
     original and flipped raw features), pools templates (:func:`template_features`; ``use_norm`` and
     ``use_detector`` are upstream's N1 and D1), scores the pairs (:func:`pair_scores`) and reads TAR@FAR
-    (:func:`tar_at_far`). ``cache_dir`` keeps image features on disk (resumable; see
+    (:func:`~qgface_plugin.eval.roc.tar_at_far`). ``cache_dir`` keeps image features on disk (resumable; see
     :mod:`~qgface_plugin.eval.cache`).
 
-    Returns a dict with ``tar_at_far``, ``auc``, ``counts``, ``protocol``, ``quality_bins``
+    Returns a dict with ``tar_at_far``, ``auc``, ``far_points`` (per key: ``far``, ``fpr`` and ``threshold``
+    of the ROC point read), ``counts``, ``protocol``, ``quality_bins``
     (:func:`quality_tar`, template quality = mean raw feature norm of its images, pair quality = the lower
     of the two), ``norm_mean`` and the arrays ``scores`` / ``labels`` / ``pair_quality`` / ``roc`` (for plots; not JSON).
     Also not JSON, the quality tables (columns, for :func:`~qgface_plugin.eval.cli.write_quality`):
@@ -403,8 +348,9 @@ def evaluate_ijb(extractor, data_dir, target: str = "IJBC", use_norm: bool = Tru
 
     ``"erc"``: the error-versus-reject curve (:func:`~qgface_plugin.eval.erc.fnmr_erc`): FNMR = 1 - TAR at the
     global threshold of FAR ``erc["fmr"]`` (default :data:`DEFAULT_ERC_FAR`, or the smallest larger decade
-    the set resolves, see :func:`far_resolved`), rejecting the pairs of lowest pair quality; ``erc`` = ``None``
-    (defaults), a dict of :data:`~qgface_plugin.eval.erc.OPTION_KEYS` or ``False`` (no ``"erc"`` key).
+    the set resolves, see :func:`~qgface_plugin.eval.roc.far_resolved`), rejecting the pairs of lowest pair
+    quality; ``erc`` = ``None`` (defaults), a dict of :data:`~qgface_plugin.eval.erc.OPTION_KEYS` or ``False``
+    (no ``"erc"`` key).
     """
     from . import erc as erc_mod
     from .align import align_face
@@ -413,7 +359,7 @@ def evaluate_ijb(extractor, data_dir, target: str = "IJBC", use_norm: bool = Tru
     meta = read_meta(data_dir, target)
     img_dir = image_dir(data_dir)
     names, lms = meta["names"], meta["landmarks"]
-    pts_file = meta_paths(data_dir, target)["5pts"]
+    pts_file = meta_paths(data_dir, target)["name_5pts_score"]
 
     def load(i):
         import cv2
@@ -438,7 +384,7 @@ def evaluate_ijb(extractor, data_dir, target: str = "IJBC", use_norm: bool = Tru
     scores = pair_scores(tids, tfeats, meta["p1"], meta["p2"])
     tar, roc = tar_at_far(scores, meta["labels"], fars, return_roc=True)
     tq = template_quality(norms, meta["templates"], tids)
-    pq = pair_quality(tids, tq, meta["p1"], meta["p2"])
+    pq = pair_min_template_quality(tids, tq, meta["p1"], meta["p2"])
     erc_rep = None
     if erc_opts is not None:
         far, _ = erc_mod.choose_fmr(erc_opts["fmr"], int((meta["labels"] == 0).sum()))
@@ -451,7 +397,7 @@ def evaluate_ijb(extractor, data_dir, target: str = "IJBC", use_norm: bool = Tru
         "benchmark": str(target).upper(),
         "tar_at_far": tar,
         "auc": roc["auc"],
-        "far_points": {k: {"fpr": f, "threshold": t} for k, (_, f, t) in roc["far_points"].items()},
+        "far_points": {k: {"far": far, "fpr": f, "threshold": t} for k, (_, f, t, far) in roc["far_points"].items()},
         "protocol": {"flip": getattr(extractor, "flip", None), "norm_score": bool(use_norm),
                      "detector_score": bool(use_detector),
                      "template": "mean within media, sum over media, L2-normalise; cosine score"},

@@ -218,7 +218,7 @@ class SortedBins:
 
 
 class WeightedROC:
-    """TAR@FAR of a resample exactly as :func:`~qgface_plugin.eval.ijb.tar_at_far` computes it on the
+    """TAR@FAR of a resample exactly as :func:`~qgface_plugin.eval.roc.tar_at_far` computes it on the
     resampled pairs (``sklearn.metrics.roc_curve`` with its default ``drop_intermediate``, nearest ROC point
     to each FAR, ties to the largest TPR), from the counts alone: the scores are sorted once, each resample
     sums its weights per distinct score.

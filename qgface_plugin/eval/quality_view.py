@@ -1,11 +1,16 @@
-"""The quality view shared by every evaluator: items split into bins by feature-norm quality."""
+"""The quality view shared by every evaluator: items split into bins by feature-norm quality.
+
+Every evaluator's quality table has one row per bin that starts with the same keys (:func:`bin_rows`):
+``bin`` (name), ``count`` (items: pairs or probes), ``quality_min`` / ``quality_max`` (the range of the
+items' quality in the bin: a probe's raw feature norm, or a pair's quality), then its own figures.
+"""
 from __future__ import annotations
 
 import numpy as np
 
 from ..errors import QGFaceInputError
 
-__all__ = ["quality_split"]
+__all__ = ["quality_split", "bin_rows"]
 
 
 def quality_split(norms, bins=3, what="quality_bins") -> list:
@@ -28,3 +33,11 @@ def quality_split(norms, bins=3, what="quality_bins") -> list:
         raise QGFaceInputError(f"{what}: bins={bins} must be in 1..{len(norms)}")
     names = ["lowest", "middle", "highest"] if bins == 3 else [f"q{i + 1}" for i in range(bins)]
     return list(zip(names, np.array_split(np.argsort(norms, kind="stable"), bins)))
+
+
+def bin_rows(quality, bins=3, what="quality_bins") -> list:
+    """:func:`quality_split` of ``quality`` with the head of each bin's table row: ``[(row, indices), ...]``,
+    ``row = {"bin", "count", "quality_min", "quality_max"}`` (the caller adds its figures to it)."""
+    q = np.asarray(quality, dtype=np.float64).reshape(-1)
+    return [({"bin": name, "count": int(len(idx)), "quality_min": float(q[idx].min()),
+              "quality_max": float(q[idx].max())}, idx) for name, idx in quality_split(q, bins, what)]

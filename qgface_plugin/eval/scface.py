@@ -10,8 +10,8 @@ Protocol (as QGFace's ``validation/validation_lq/scface_helper.py::SCFaceTest`` 
   each distance (``d1``, ``d2``, ``d3``) and over all probes.
 * **Subject** = the 3-digit prefix before the first ``"_"`` of the key (``001_cam1_1`` -> 1).
 * **Score / ranking** = cosine similarity with the pessimistic tie rule of
-  :func:`qgface_plugin.eval.tinyface.probe_ranks` (a non-matching gallery image tied with the best correct
-  one counts as ahead). There are no distractors.
+  :func:`qgface_plugin.eval.identification.probe_ranks` (a non-matching gallery image tied with the best
+  correct one counts as ahead). There are no distractors.
 * **Protocols**: ``"all"`` = every subject, no fine-tuning (what the QGFace authors report);
   ``"test80"`` = subjects 51..130 only, both gallery and probes (the 50/80 train/test split common in
   the SCface literature, whose fine-tuned methods train on subjects 1..50). An explicit ``subjects`` list
@@ -31,7 +31,7 @@ import numpy as np
 from ..errors import QGFaceInputError
 from . import erc as erc_mod
 from .features import embed_files
-from .tinyface import SCORE, TIE_RULE, probe_ranks, quality_bins
+from .identification import SCORE, TIE_RULE, probe_ranks, quality_bins
 
 __all__ = ["DISTANCES", "PROTOCOLS", "TEST80_SUBJECTS", "parse_key", "list_scface", "select_subjects",
            "read_subjects", "rank1_by_distance", "evaluate_scface", "quality_table"]

@@ -17,28 +17,31 @@ import traceback
 from functools import lru_cache
 from pathlib import Path
 
+from ..cli import EXIT_FAILED, error
 from . import erc as erc_mod
 from .cli import SHARED_FLAGS, add_erc_flags, erc_argv, erc_options, shared_argv, write_report
-from .ijb import DEFAULT_ERC_FAR, far_resolved
+from .ijb import DEFAULT_ERC_FAR
+from .roc import far_key, far_label, far_resolved
 from .verification import DEFAULT_ERC_FMR
 
-__all__ = ["IJB_FAR_KEYS", "QUALITY_FARS", "BENCHMARK_KEYS", "ERC_AT", "quality_far", "add_suite_flags",
+__all__ = ["IJB_FARS", "QUALITY_FARS", "BENCHMARK_KEYS", "ERC_AT", "quality_far", "add_suite_flags",
            "check_suite_flags", "discover", "tool_loader", "plan", "run_one", "headline", "quality_rows", "erc_rows",
            "markdown", "run_suite"]
 
-IJB_FAR_KEYS = ("TAR@FAR=1e-5", "TAR@FAR=1e-4", "TAR@FAR=1e-3", "TAR@FAR=1e-2")  # Markdown; JSON has all
-QUALITY_FARS = ("TAR@FAR=1e-4", "TAR@FAR=1e-3", "TAR@FAR=1e-2", "TAR@FAR=1e-1")  # first one the set resolves
+IJB_FARS = (1e-5, 1e-4, 1e-3, 1e-2)  # the TAR@FAR of the Markdown; the JSON has all
+QUALITY_FARS = (1e-4, 1e-3, 1e-2, 1e-1)  # the IJB quality view's: the first one the set resolves
 BENCHMARK_KEYS = ("bins", "tinyface", "scface", "ijbb", "ijbc")
 ERC_AT = 0.2  # the summary's "error at 20% rejected"
 
 
-def _resolved(key, rep) -> bool:
-    return far_resolved(key, rep.get("min_resolvable_far", 0.0))
+def _resolved(far, rep) -> bool:
+    return far_resolved(far, rep.get("min_resolvable_far", 0.0))
 
 
-def quality_far(rep) -> str:
-    """The IJB quality view's FAR: 1e-4 when the set resolves it, else the smallest decade it does."""
-    return next((k for k in QUALITY_FARS if _resolved(k, rep)), QUALITY_FARS[-1])
+def quality_far(rep) -> float:
+    """The IJB quality view's FAR for an IJB report: 1e-4 when the set resolves it, else the smallest decade
+    it does (its TAR's key: :func:`~qgface_plugin.eval.roc.far_key`)."""
+    return next((f for f in QUALITY_FARS if _resolved(f, rep)), QUALITY_FARS[-1])
 
 
 # ------------------------------------------------------------------------------------------------- flags
@@ -201,7 +204,7 @@ def headline(key, rep) -> dict:
     if key.startswith("scface"):
         return {"protocol": rep["protocol"], **rep["rank1"]}
     return {**rep["tar_at_far"], "auc": rep["auc"],
-            "resolved": [k for k in rep["tar_at_far"] if _resolved(k, rep)]}
+            "resolved": [k for k in rep["tar_at_far"] if _resolved(rep["far_points"][k]["far"], rep)]}
 
 
 def _thirds(bins, field) -> dict | None:
@@ -225,7 +228,7 @@ def quality_rows(key, title, rep) -> list:
                                  "figure": "accuracy", "quality": "pair", **q})
         return rows
     if key.startswith("ijb"):
-        figure = quality_far(rep)
+        figure = far_key(quality_far(rep))
         q, kind = _thirds(rep.get("quality_bins"), figure), "pair"
     else:
         q, figure, kind = _thirds(rep.get("quality_bins"), "rank1"), "rank1", "probe"
@@ -307,13 +310,14 @@ def markdown(summary, entries, reports) -> str:
     ijb = [e for e in ok if e["key"].startswith("ijb")]
     if ijb:
         lines += ["", "## IJB-B / IJB-C 1:1 verification, TAR (%)", "",
-                  "| benchmark | " + " | ".join(k.replace("TAR@", "") for k in IJB_FAR_KEYS) + " | ROC |",
-                  "|---" * (len(IJB_FAR_KEYS) + 2) + "|"]
+                  "| benchmark | " + " | ".join(f"FAR={far_label(f)}" for f in IJB_FARS) + " | ROC |",
+                  "|---" * (len(IJB_FARS) + 2) + "|"]
+        keys = [far_key(f) for f in IJB_FARS]
         for e in ijb:
             h = summary["benchmarks"][e["key"]]["headline"]
             lines.append(f"| {e['title']} | " + " | ".join(_pct(h.get(k)) + ("" if k in h["resolved"] else " †")
-                                                          for k in IJB_FAR_KEYS) + f" | {_link(e, '_roc.png')} |")
-        if any(k not in summary["benchmarks"][e["key"]]["headline"]["resolved"] for e in ijb for k in IJB_FAR_KEYS):
+                                                          for k in keys) + f" | {_link(e, '_roc.png')} |")
+        if any(k not in summary["benchmarks"][e["key"]]["headline"]["resolved"] for e in ijb for k in keys):
             lines += ["", "† FAR below 1 / impostor pairs of that set: not resolved (it reads the FAR-0 point)."]
     if any(e["key"] == "tinyface" for e in ok):
         h = summary["benchmarks"]["tinyface"]["headline"]
@@ -359,9 +363,7 @@ def run_suite(args, load_tool, log=print) -> int:
     for e in entries:
         log(f"{'found' if e['data'] else 'skipped'}: {e['title']}: {e['data'] or e['reason']}")
     if not todo:
-        print("error: no benchmark to run: give --data ROOT or --bins/--tinyface/--scface/--ijbb/--ijbc",
-              file=sys.stderr)
-        return 2
+        return error("no benchmark to run: give --data ROOT or --bins/--tinyface/--scface/--ijbb/--ijbc")
     benchmarks, reports = {}, {}
     for e in entries:
         if e["data"] is None:
@@ -394,6 +396,5 @@ def run_suite(args, load_tool, log=print) -> int:
     write_report(args.output, "summary", summary, markdown(summary, entries, reports))
     failed = [e["title"] for e in entries if benchmarks[e["key"]]["status"] == "error"]
     if failed:
-        print(f"error: failed: {', '.join(failed)} (see {Path(args.output) / 'summary.md'})", file=sys.stderr)
-        return 1
+        return error(f"failed: {', '.join(failed)} (see {Path(args.output) / 'summary.md'})", code=EXIT_FAILED)
     return 0

@@ -8,14 +8,10 @@ Protocol (as the TinyFace benchmark is reported by AdaFace / QGFace / CVLFace):
   a correct match, but they do take rank positions away from the correct match.
 * **Identity** = the integer before the first ``"_"`` of the file name (``12_3.jpg`` -> 12). Probe and
   gallery-match files must have one; distractor names are not parsed.
-* **Score** = cosine similarity, i.e. the inner product of the L2-normalised fused features (the flip
-  fusion is the :class:`~qgface_plugin.eval.features.FeatureExtractor`'s).
-* **Metric** = closed-set CMC: rank-k is the fraction of probes whose identity appears among the k
-  highest-scoring gallery images. Every probe identity must be present in ``Gallery_Match``.
-* **Tie rule** (pessimistic): a probe's rank is ``1 +`` the number of *non-matching* gallery images
-  (other identities and distractors) whose score is ``>=`` the best score of a correct gallery image. A
-  probe is therefore correct at rank k iff its best correct match scores strictly higher than all but
-  fewer than k of the non-matching gallery images; a non-matching image tied with it counts as ahead.
+* **Score, metric, tie rule**: those of :mod:`qgface_plugin.eval.identification` -- cosine similarity of the
+  L2-normalised fused features; closed-set CMC (rank-k = the fraction of probes whose identity appears among
+  the k highest-scoring gallery images; every probe identity must be present in ``Gallery_Match``); the
+  pessimistic tie rule (a non-matching gallery image tied with the best correct one counts as ahead).
 
 Data layout: AdaFace's aligned copy ``<data>/{Probe,Gallery_Match,Gallery_Distractor}/*.jpg`` (aligned,
 112x112; other sizes are resized to 112). :func:`resolve_root` also looks in
@@ -31,17 +27,13 @@ import numpy as np
 from ..errors import QGFaceInputError
 from . import erc as erc_mod
 from .features import embed_files
-from .quality_view import quality_split
+from .identification import SCORE, TIE_RULE, probe_ranks, quality_bins
 
-__all__ = ["FOLDERS", "IMAGE_EXTS", "resolve_root", "list_tinyface", "probe_ranks", "cmc",
-           "quality_bins", "evaluate_tinyface", "quality_table"]
+__all__ = ["FOLDERS", "IMAGE_EXTS", "resolve_root", "list_tinyface", "evaluate_tinyface", "quality_table"]
 
 FOLDERS = ("Probe", "Gallery_Match", "Gallery_Distractor")
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp")
 DISTRACTOR_ID = -1
-SCORE = "cosine similarity (inner product of L2-normalised fused features)"
-TIE_RULE = ("pessimistic: rank = 1 + number of non-matching gallery images scoring >= the best correct "
-            "gallery image")
 
 
 # ------------------------------------------------------------------------------------------- listing
@@ -107,71 +99,6 @@ def list_tinyface(root) -> dict:
             "gallery_ids": gallery_ids, "n_match": len(match), "n_distractor": len(distractors)}
 
 
-# ------------------------------------------------------------------------------------------- metrics
-def _l2n(x) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float32)
-    if x.ndim != 2:
-        raise QGFaceInputError(f"features must be [N, D], got shape {x.shape}")
-    if not np.isfinite(x).all():
-        raise QGFaceInputError("features contain non-finite values")
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-
-
-def probe_ranks(probe_feats, probe_ids, gallery_feats, gallery_ids, chunk=256) -> np.ndarray:
-    """Per-probe rank (1 = best) of the best correct gallery image, with the module's tie rule.
-
-    Gallery images with a negative id are distractors. Scores are computed ``chunk`` probes at a time,
-    so memory is ``chunk x len(gallery)``.
-    """
-    p, g = _l2n(probe_feats), _l2n(gallery_feats)
-    pid = np.asarray(probe_ids, dtype=np.int64).reshape(-1)
-    gid = np.asarray(gallery_ids, dtype=np.int64).reshape(-1)
-    if len(p) != len(pid) or len(g) != len(gid):
-        raise QGFaceInputError(f"cmc: {len(p)} probe features vs {len(pid)} ids, {len(g)} gallery features vs "
-                               f"{len(gid)} ids")
-    if p.shape[1] != g.shape[1]:
-        raise QGFaceInputError(f"cmc: probe dim {p.shape[1]} != gallery dim {g.shape[1]}")
-    if (pid < 0).any():
-        raise QGFaceInputError("cmc: probe ids must be >= 0 (negative ids mark distractors)")
-    missing = np.setdiff1d(np.unique(pid), np.unique(gid[gid >= 0]))
-    if len(missing):
-        shown = ", ".join(str(int(m)) for m in missing[:10]) + (" ..." if len(missing) > 10 else "")
-        raise QGFaceInputError(f"cmc: probe identity {shown} has no image in the gallery match set "
-                               f"({len(missing)} identities missing)")
-    ranks = np.empty(len(p), dtype=np.int64)
-    for i in range(0, len(p), max(1, int(chunk))):
-        s = p[i:i + chunk] @ g.T                                  # [b, G]
-        mate = gid[None, :] == pid[i:i + chunk, None]             # [b, G]
-        best = np.where(mate, s, -np.inf).max(axis=1)             # best correct score per probe
-        ranks[i:i + chunk] = 1 + ((s >= best[:, None]) & ~mate).sum(axis=1)
-    return ranks
-
-
-def cmc(probe_feats, probe_ids, gallery_feats, gallery_ids, ranks=(1, 5, 20), chunk=256) -> dict:
-    """Closed-set CMC: ``{"rank1": .., "rank5": .., "rank20": ..}`` as fractions of the probes."""
-    r = probe_ranks(probe_feats, probe_ids, gallery_feats, gallery_ids, chunk=chunk)
-    if len(r) == 0:
-        raise QGFaceInputError("cmc: no probes")
-    return {f"rank{int(k)}": float((r <= int(k)).mean()) for k in ranks}
-
-
-def quality_bins(probe_norms, correct_rank1, bins=3) -> list:
-    """Rank-1 per quantile bin of probe feature norm (low norm = low quality), lowest bin first.
-
-    Probes are split by :func:`quality_split` (stable sort by norm, ``bins`` near-equal groups named
-    ``lowest`` / ``middle`` / ``highest`` with 3 bins, otherwise ``q1..qB``).
-    """
-    norms = np.asarray(probe_norms, dtype=np.float64).reshape(-1)
-    ok = np.asarray(correct_rank1, dtype=bool).reshape(-1)
-    if len(norms) != len(ok):
-        raise QGFaceInputError(f"quality_bins: {len(norms)} norms vs {len(ok)} rank-1 flags")
-    out = []
-    for name, idx in quality_split(norms, bins, "quality_bins"):
-        out.append({"bin": name, "count": int(len(idx)), "norm_min": float(norms[idx].min()),
-                    "norm_max": float(norms[idx].max()), "rank1": float(ok[idx].mean())})
-    return out
-
-
 # ---------------------------------------------------------------------------------------- evaluation
 def evaluate_tinyface(extractor, root, ranks=(1, 5, 20), bins=3, load_batch=1024, chunk=256,
                       progress=False, workers=None, cache_dir=None, erc=None) -> dict:
@@ -182,7 +109,8 @@ def evaluate_tinyface(extractor, root, ranks=(1, 5, 20), bins=3, load_batch=1024
 
     Returns:
         ``{"root", "score", "tie_rule", "cmc": {"rank1", ...}, "counts": {"probes", "gallery_match",
-        "distractors", "identities"}, "quality_bins": [...], "norm_mean": {"probe", "gallery_match",
+        "distractors", "identities"}, "quality_bins": [...] (:func:`~qgface_plugin.eval.identification.quality_bins`),
+        "norm_mean": {"probe", "gallery_match",
         "distractor"}, "per_image": {"role", "file", "identity", "norm", "rank"}}`` (fractions, not percent).
         ``per_image`` holds one entry per image (probes, gallery matches, distractors) and is not JSON: the
         raw (non-flipped) feature norm and, for probes, the CMC rank (see :func:`quality_table`).

@@ -12,9 +12,9 @@ numpy (no mxnet, no sklearn):
 5. Report the mean and the (population) standard deviation of the fold accuracies.
 
 Quality view (:func:`pair_quality_bins`): QGFace's raw feature norm is its quality score. A pair's
-quality is the smaller of its two images' raw (non-flipped) feature norms; pairs are split into
-quantile bins of pair quality and each pair is judged with the threshold of the fold it is tested in,
-so the bins break the 10-fold accuracy down without re-tuning anything.
+quality is the smaller of its two images' raw (non-flipped) feature norms (:func:`pair_min_norm`); pairs
+are split into quantile bins of pair quality and each pair is judged with the threshold of the fold it is
+tested in, so the bins break the 10-fold accuracy down without re-tuning anything.
 
 Error-versus-reject (:mod:`.erc`, in :func:`evaluate_bin`): per variant, the FNMR at one threshold fixed
 on all pairs at a chosen FMR (default 1e-3, or the smallest larger decade the set resolves: 1 / impostor
@@ -25,31 +25,22 @@ Accuracies are fractions in [0, 1]; norms are L2 norms of raw features (no unit)
 """
 from __future__ import annotations
 
-import pickle
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 from ..errors import QGFaceInputError
+from ..formats.verification_bin import read_bin
 from . import erc as erc_mod
-from .features import default_workers
-from .quality_view import quality_split
+from .features import default_workers, l2_normalise
+from .quality_view import bin_rows
 
 __all__ = ["IMAGE_SIZE", "DEFAULT_ERC_FMR", "load_bin", "lowres_variant", "fold_indices", "evaluate",
-           "pair_quality", "pair_quality_bins", "pair_scores", "evaluate_bin"]
+           "pair_min_norm", "pair_quality_bins", "pair_scores", "evaluate_bin"]
 
 IMAGE_SIZE = 112
 DEFAULT_ERC_FMR = 1e-3
-
-
-def _read_pickle(path: Path):
-    try:
-        with open(path, "rb") as f:
-            return pickle.load(f)
-    except UnicodeDecodeError:  # Python 2 pickle of str
-        with open(path, "rb") as f:
-            return pickle.load(f, encoding="bytes")
 
 
 def load_bin(path, image_size=IMAGE_SIZE, workers=None):
@@ -65,25 +56,7 @@ def load_bin(path, image_size=IMAGE_SIZE, workers=None):
             of images, ``len(bins) != 2 * len(issame)``, or an image (index given) that cannot be decoded.
     """
     path = Path(path)
-    if not path.is_file():
-        raise QGFaceInputError(f"{path}: verification .bin file not found")
-    try:
-        obj = _read_pickle(path)
-    except Exception as e:  # UnpicklingError, EOFError, ValueError, ... all mean "not a .bin"
-        raise QGFaceInputError(f"{path}: not a verification .bin (cannot unpickle: {type(e).__name__}: {e})") from e
-    if not isinstance(obj, (tuple, list)) or len(obj) != 2:
-        raise QGFaceInputError(f"{path}: not a verification .bin (expected a pickled (bins, issame) pair, "
-                               f"got {type(obj).__name__})")
-    bins, issame = obj
-    try:
-        bins, issame = list(bins), [bool(v) for v in issame]
-    except TypeError as e:
-        raise QGFaceInputError(f"{path}: not a verification .bin (bins/issame are not sequences)") from e
-    if len(bins) % 2:
-        raise QGFaceInputError(f"{path}: odd number of images ({len(bins)}); images come in pairs")
-    if len(bins) != 2 * len(issame):
-        raise QGFaceInputError(f"{path}: {len(bins)} images but {len(issame)} issame labels "
-                               f"(need 2 images per label)")
+    bins, issame = read_bin(path)  # the format's checks (formats.verification_bin)
     images = np.empty((len(bins), image_size, image_size, 3), np.uint8)
 
     def decode(i):
@@ -140,11 +113,6 @@ def fold_indices(n, nfolds=10):
     return [np.arange(bounds[k], bounds[k + 1]) for k in range(nfolds)]
 
 
-def _l2_normalise(x):
-    x = np.asarray(x, dtype=np.float64)
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-
-
 def _check(features, issame, nfolds, what="evaluate"):
     features = np.asarray(features)
     issame = np.asarray(issame, dtype=bool)
@@ -161,7 +129,7 @@ def _check(features, issame, nfolds, what="evaluate"):
 def _protocol(features, issame, nfolds):
     """The 10-fold protocol on checked inputs: ``(result dict, per-pair correctness [P] bool)``, where
     pair ``i`` is judged with the threshold chosen for the fold that tests it."""
-    f = _l2_normalise(features)
+    f = l2_normalise(features, np.float64)
     dist = np.sum(np.square(f[0::2] - f[1::2]), axis=1)
     thresholds = np.arange(0, 4, 0.01)
     correct = (dist[:, None] < thresholds[None, :]) == issame[:, None]  # [P, T]
@@ -192,16 +160,16 @@ def evaluate(features, issame, nfolds=10):
 
 def pair_scores(features):
     """Cosine similarity ``[P]`` of each pair (rows ``2i``, ``2i+1``) of L2-normalised ``features``."""
-    f = _l2_normalise(features)
+    f = l2_normalise(features, np.float64)
     return np.einsum("ij,ij->i", f[0::2], f[1::2])
 
 
-def pair_quality(norms):
+def pair_min_norm(norms):
     """Pair quality ``[P]``: the smaller of the two images' raw feature norms (``norms`` is ``[2P]``,
     pair ``i`` = entries ``2i``, ``2i+1``)."""
     norms = np.asarray(norms, dtype=np.float64).reshape(-1)
     if len(norms) % 2:
-        raise QGFaceInputError(f"pair_quality: {len(norms)} norms is odd (need 2 per pair)")
+        raise QGFaceInputError(f"pair_min_norm: {len(norms)} norms is odd (need 2 per pair)")
     return np.minimum(norms[0::2], norms[1::2])
 
 
@@ -221,26 +189,22 @@ def _checked_quality(norms, pairs, what):
         raise QGFaceInputError(f"{what}: {len(norms)} norms do not match {pairs} pairs (need 2P)")
     if not np.all(np.isfinite(norms)):
         raise QGFaceInputError(f"{what}: norms contain NaN or inf")
-    return pair_quality(norms)
+    return pair_min_norm(norms)
 
 
 def _bins_table(quality, issame, pair_ok, bins):
-    out = []
-    for name, idx in quality_split(quality, bins, "pair_quality_bins"):
-        out.append({"bin": name, "count": int(len(idx)), "norm_min": float(quality[idx].min()),
-                    "norm_max": float(quality[idx].max()), "accuracy": float(pair_ok[idx].mean()),
-                    "genuine_fraction": float(issame[idx].mean())})
-    return out
+    return [{**row, "accuracy": float(pair_ok[idx].mean()), "genuine_fraction": float(issame[idx].mean())}
+            for row, idx in bin_rows(quality, bins, "pair_quality_bins")]
 
 
 def pair_quality_bins(features, issame, norms, bins=3, nfolds=10):
     """Verification accuracy per quantile bin of pair quality (low norm = low quality), lowest bin first.
 
-    Pair quality is :func:`pair_quality` of ``norms`` (the raw, non-flipped feature norms ``[2P]``;
+    Pair quality is :func:`pair_min_norm` of ``norms`` (the raw, non-flipped feature norms ``[2P]``;
     ``features`` ``[2P, D]`` are the flip-fused features that :func:`evaluate` scores). Pairs are sorted
     by quality (stable) and split into ``bins`` near-equal groups (``np.array_split``; named ``lowest`` /
     ``middle`` / ``highest`` with 3 bins, else ``q1..qB``), see
-    :func:`~qgface_plugin.eval.quality_view.quality_split`. Each pair is judged with the threshold that
+    :func:`~qgface_plugin.eval.quality_view.bin_rows`. Each pair is judged with the threshold that
     :func:`evaluate` chose for the fold testing it (best on the other ``nfolds - 1`` folds).
 
     What holds: the bins partition the pairs, so ``sum(count * accuracy) / P`` is exactly (up to float
@@ -251,7 +215,7 @@ def pair_quality_bins(features, issame, norms, bins=3, nfolds=10):
     (<= ``nfolds / (4 P)``).
 
     Returns:
-        ``[{"bin", "count" (pairs), "norm_min", "norm_max" (range of pair quality in the bin),
+        ``[{"bin", "count" (pairs), "quality_min", "quality_max" (range of pair quality in the bin),
         "accuracy" (fraction), "genuine_fraction" (fraction of same-identity pairs in the bin)}, ...]``.
 
     Raises:

@@ -1,9 +1,9 @@
 """Read insightface / arcface_torch record sets (``train.rec`` + ``train.idx``) without mxnet.
 
 A pure-Python reader of dmlc RecordIO as insightface uses it (numpy + the standard library; OpenCV,
-or Pillow where OpenCV is missing, only to decode the images), and :class:`RecordDataset`, a torch
-``Dataset`` with the ``__getitem__`` contract and index order of arcface_torch's ``MXFaceDataset``,
-for environments where mxnet cannot be installed (numpy >= 1.24, Python >= 3.12, ARM hosts).
+or Pillow where OpenCV is missing, only to decode the images), for environments where mxnet cannot be
+installed (numpy >= 1.24, Python >= 3.12, ARM hosts). The torch ``Dataset`` on it, with the contract of
+arcface_torch's ``MXFaceDataset``, is :class:`~qgface_plugin.formats.record_dataset.RecordDataset`.
 
 The format, as mxnet 1.9.1 (dmlc-core) writes and reads it:
 
@@ -29,6 +29,9 @@ Differences from mxnet's reader, all on files mxnet reads wrongly or not at all:
 byte offset, where mxnet raises a bare ``MXNetError: Invalid RecordIO File``, returns ``None``
 (an offset at the end of the file) or a part of a record (an offset inside a multi-part record);
 a key listed twice in the index is an error (mxnet keeps the last offset and lists the key twice).
+
+Writing: :mod:`.recordio_writer` (``mx.recordio.pack`` and ``MXIndexedRecordIO(..., "w")`` without mxnet);
+the header0 layout and the ``property`` file: :mod:`.records`.
 """
 from __future__ import annotations
 
@@ -49,21 +52,18 @@ try:  # OpenCV decodes exactly as mxnet's bundled OpenCV does (tests/test_record
 except ImportError:  # pragma: no cover - exercised only where OpenCV is missing
     cv2 = None
 
-try:
-    from torch.utils.data import Dataset as _Dataset
-except ImportError:  # pragma: no cover - the reader itself needs no torch
-    _Dataset = object
-
-__all__ = ["MAGIC", "IRHeader", "RecordIOError", "RecordReader", "RecordDataset", "unpack",
+__all__ = ["MAGIC", "LEN_MASK", "IR_STRUCT", "IRHeader", "RecordIOError", "RecordReader", "unpack",
            "decode_image", "read_index"]
 
 #: dmlc RecordIO's magic number (little-endian uint32 at the start of every part).
 MAGIC = 0xCED7230A
 _MAGIC_BYTES = struct.pack("<I", MAGIC)
-_LEN_MASK = (1 << 29) - 1
+#: the length bits of a part's ``lrecord`` (the top 3 bits are the continuation flag).
+LEN_MASK = (1 << 29) - 1
 _PART = struct.Struct("<II")
-_IR = struct.Struct("<IfQQ")  # mxnet's _IR_FORMAT 'IfQQ' (native = little-endian, no padding)
-_IR_SIZE = _IR.size  # 24
+#: mxnet's ``_IR_FORMAT`` ``'IfQQ'`` (native = little-endian, no padding): flag, label, id, id2.
+IR_STRUCT = struct.Struct("<IfQQ")
+_IR_SIZE = IR_STRUCT.size  # 24
 _MAX_FIRST_READ = 1 << 22  # bytes read at once for one record (4 MiB); more only for bigger records
 _MORE = 1 << 16
 _HEADER_PEEK = 256
@@ -94,7 +94,7 @@ def _unpack_header(view: memoryview, where: str) -> tuple:
     if len(view) < _IR_SIZE:
         raise RecordIOError(f"{where}: payload of {len(view)} bytes is shorter than the "
                             f"{_IR_SIZE}-byte IRHeader")
-    flag, label, id_, id2 = _IR.unpack_from(view, 0)
+    flag, label, id_, id2 = IR_STRUCT.unpack_from(view, 0)
     start = _IR_SIZE
     if flag > 0:
         start += 4 * flag
@@ -433,7 +433,7 @@ class RecordReader:
                 raise RecordIOError(
                     f"{self.rec_path}: {what} {key} at byte offset {start}: bad magic 0x{magic:08x} "
                     f"(expected 0x{MAGIC:08x}): train.idx does not match train.rec, or the file is corrupt")
-            cflag, length = lrec >> 29, lrec & _LEN_MASK
+            cflag, length = lrec >> 29, lrec & LEN_MASK
             if cflag > 3 or (p == 0 and cflag >= 2) or (p > 0 and cflag < 2):
                 state = "first part" if p == 0 else "continuation part"
                 raise RecordIOError(
@@ -469,7 +469,7 @@ class RecordReader:
     def header(self, key) -> IRHeader:
         """The IRHeader of record ``key`` (reads the first few hundred bytes only, for a whole record)."""
         view = self._record_view(key, peek=_HEADER_PEEK)
-        if len(view) < _IR_SIZE or len(view) < _IR_SIZE + 4 * _IR.unpack_from(view, 0)[0]:
+        if len(view) < _IR_SIZE or len(view) < _IR_SIZE + 4 * IR_STRUCT.unpack_from(view, 0)[0]:
             view = self._record_view(key)  # a longer label array, or a header split by the magic number
         return _unpack_header(view, self._where(key))[0]
 
@@ -500,46 +500,3 @@ class RecordReader:
 
     def __repr__(self) -> str:
         return f"RecordReader({str(self.root)!r}: {len(self)} records, header0={self.header0})"
-
-
-# --------------------------------------------------------------------------------------------- dataset
-def default_transform():
-    """arcface_torch's MXFaceDataset transform: ToPILImage, RandomHorizontalFlip, ToTensor, Normalize(0.5, 0.5)."""
-    from torchvision import transforms
-    return transforms.Compose([transforms.ToPILImage(), transforms.RandomHorizontalFlip(), transforms.ToTensor(),
-                               transforms.Normalize(mean=[0.5, 0.5, 0.5], std=[0.5, 0.5, 0.5])])
-
-
-class RecordDataset(_Dataset):
-    """arcface_torch's ``MXFaceDataset`` without mxnet: the same ``(root_dir, local_rank)`` arguments,
-    ``transform`` attribute (called on the RGB uint8 HWC image), ``imgidx`` order, ``header0`` and
-    ``__getitem__`` result ``(transform(image), label as a torch.long scalar)``.
-
-    ``transform="default"`` is upstream's flip + normalise; None returns the uint8 image itself.
-    Where MXFaceDataset fails or misreads, this raises a :class:`RecordIOError` instead (a header0 whose
-    image range the index lacks, a record 0 that is an image with a label array); a set without key 0
-    (which MXFaceDataset cannot open) is read as header-less.
-    """
-
-    def __init__(self, root_dir, local_rank: int = 0, transform="default"):
-        super().__init__()
-        self.transform = default_transform() if isinstance(transform, str) and transform == "default" else transform
-        self.root_dir = root_dir
-        self.local_rank = local_rank
-        self.imgrec = RecordReader(root_dir)
-        if self.imgrec.header0_note:
-            raise RecordIOError(self.imgrec.header0_note)
-        if self.imgrec.header0 is not None:
-            self.header0 = self.imgrec.header0
-        self.imgidx = self.imgrec.imgidx
-
-    def __getitem__(self, index):
-        import torch
-        sample, label = self.imgrec.read_image(self.imgidx[index])
-        label = torch.tensor(label, dtype=torch.long)
-        if self.transform is not None:
-            sample = self.transform(sample)
-        return sample, label
-
-    def __len__(self) -> int:
-        return len(self.imgidx)

@@ -1,4 +1,4 @@
-"""The synthetic benchmarks (qgface_plugin.synthetic.benchmarks): the IJB-B/C tree (layout, alignment, determinism,
+"""The synthetic benchmarks (qgface_plugin.synthetic.ijb / tinyface / scface / benchmarks): the IJB-B/C tree (layout, alignment, determinism,
 pair labels), TinyFace and SCface (parsed by the evaluators' own listers, quality ordering) and make_benchmarks
 (found by tools/eval_suite.py, tools/make_synthetic_benchmarks.py)."""
 import hashlib
@@ -15,8 +15,10 @@ from qgface_plugin.errors import QGFaceConfigError
 from qgface_plugin.eval.ijb import read_meta
 from qgface_plugin.eval.scface import list_scface, select_subjects
 from qgface_plugin.eval.tinyface import list_tinyface
-from qgface_plugin.synthetic.benchmarks import (SIZES, SUMMARY_FILE, aligned_face, make_benchmarks, make_ijb, make_scface,
-                                          make_tinyface, scface_image, tinyface_image)
+from qgface_plugin.synthetic.benchmarks import SIZES, SUMMARY_FILE, make_benchmarks
+from qgface_plugin.synthetic.ijb import aligned_face, make_ijb
+from qgface_plugin.synthetic.scface import make_scface, scface_image
+from qgface_plugin.synthetic.tinyface import make_tinyface, tinyface_image
 
 SMALL = dict(num_subjects=5, templates_per_subject=3, seed=7, lq_fraction=0.4)
 

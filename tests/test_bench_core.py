@@ -1,4 +1,4 @@
-"""The command-line tools run end to end (tiny sizes; no timing is asserted here)."""
+"""tools/bench_core.py runs end to end (tiny sizes; no timing is asserted here)."""
 import json
 import subprocess
 import sys

@@ -1,0 +1,81 @@
+"""The training loop's data: the record set (or ``rec = "synthetic"``) through the run's transform, and its loader.
+
+:func:`build_loader` picks the dataset (:func:`record_dataset`: arcface_torch's ``MXFaceDataset`` or this
+package's mxnet-free reader, checked first by :func:`~qgface_plugin.arcface.records.check_record_dataset`;
+or :class:`SyntheticImages`), gives it QGFace's two-view transform (a flip for the baselines), and wraps
+it in a ``DataLoader`` with a distributed sampler. :class:`~qgface_plugin.arcface.device_data.DeviceBatches`
+takes the batches from there to the device.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..errors import QGFaceConfigError
+from ..views import FlipTransform
+from .factory import two_view_transform
+from .records import check_record_dataset
+
+__all__ = ["SyntheticImages", "record_dataset", "build_loader"]
+
+
+class SyntheticImages(torch.utils.data.Dataset):
+    """``config.rec = "synthetic"``: random images through the real transform, for speed runs.
+
+    arcface_torch's own synthetic set repeats one image with label 1, which makes the backbone's
+    final BatchNorm output collapse (NaN losses after the first update). Here a pool of random
+    RGB uint8 images cycles with labels ``i % num_classes``, and each goes through the run's
+    transform (two views for QGFace), so throughput includes the augmentation cost.
+    """
+
+    def __init__(self, num_image, num_classes, transform, pool=256, seed=0):
+        rng = np.random.default_rng(seed)
+        self.pool = rng.integers(0, 256, size=(pool, 112, 112, 3), dtype=np.uint8)
+        self.num_image, self.num_classes, self.transform = num_image, num_classes, transform
+
+    def __len__(self):
+        return self.num_image
+
+    def __getitem__(self, i):
+        return self.transform(self.pool[i % len(self.pool)]), torch.tensor(i % self.num_classes)
+
+
+def record_dataset(cfg, ns, rank):
+    """The record set as arcface_torch's ``MXFaceDataset`` (``record_reader="mxnet"``) or this
+    package's mxnet-free :class:`~qgface_plugin.formats.record_dataset.RecordDataset` (``"python"``: same order,
+    labels and pixels); ``"auto"`` takes mxnet's when it imports."""
+    reader = cfg.record_reader
+    if reader == "auto":
+        try:
+            from ..utils import import_mxnet
+            import_mxnet()
+            reader = "mxnet"
+        except ImportError:
+            reader = "python"
+    if reader == "mxnet":
+        return ns.MXFaceDataset(root_dir=cfg.rec, local_rank=rank)
+    from ..formats.record_dataset import RecordDataset
+    return RecordDataset(root_dir=cfg.rec, local_rank=rank)
+
+
+def build_loader(cfg, ns, rank, world, device):
+    """DataLoader over the record set (two views for QGFace; uint8 with ``loader_uint8``) with a distributed sampler."""
+    # uint8 batches normalised on the device (DeviceBatches), or arcface_torch's float pipeline
+    output = "uint8" if cfg.loader_uint8 else "float"
+    transform = two_view_transform(cfg, output=output) if cfg.loss == "qgface" else FlipTransform(output=output)
+    if cfg.rec == "synthetic":
+        dataset = SyntheticImages(cfg.num_image, cfg.num_classes, transform, seed=cfg.seed)
+    else:
+        check_record_dataset(cfg.rec, cfg.num_classes)
+        dataset = record_dataset(cfg, ns, rank)
+        if cfg.loss == "qgface" or cfg.loader_uint8:  # else upstream's own flip + normalise
+            dataset.transform = transform
+    sampler = torch.utils.data.DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True,
+                                                  seed=cfg.seed)
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers,
+        pin_memory=device.type == "cuda", drop_last=True, persistent_workers=False)
+    if len(loader) == 0:
+        raise QGFaceConfigError(
+            f"{len(dataset)} images over {world} ranks give no full batch of {cfg.batch_size}: lower batch_size")
+    return loader

@@ -28,3 +28,13 @@ def export_tiny_onnx(path, net=None, input_name="input", output_name="embedding"
                           output_names=[output_name],
                           dynamic_axes={input_name: {0: "batch"}, output_name: {0: "batch"}})
     return Path(path)
+
+
+def verification_bins(base, bins_dir, name: str = "lfw"):
+    """``bins_dir/<name>.bin``: the 40-pair verification set of a tiny synthetic training set made under
+    ``base/synth`` (4 identities; 8 held-out ones for the pairs). Returns the ``.bin`` path."""
+    import shutil
+    from qgface_plugin.synthetic.training_set import make_dataset
+    make_dataset(Path(base) / "synth", num_identities=4, images_per_identity=2, num_val_identities=8, val_pairs=40)
+    Path(bins_dir).mkdir(parents=True, exist_ok=True)
+    return Path(shutil.copy(Path(base) / "synth" / "synthetic_val.bin", Path(bins_dir) / f"{name}.bin"))

@@ -5,7 +5,7 @@ import subprocess
 
 import pytest
 
-from _arcface import fake_root, isolated, needs_git  # noqa: F401 (isolated: a fixture)
+from _proc import needs_git
 from qgface_plugin.arcface import checkout
 from qgface_plugin.errors import QGFaceConfigError
 
@@ -24,7 +24,7 @@ def test_find_root_not_found_says_how_to_get_it(isolated):
     assert checkout.PINNED_COMMIT in msg
 
 
-def test_find_root_order_argument_env_cwd_repo(isolated, monkeypatch):
+def test_find_root_order_argument_env_cwd_repo(isolated, fake_root, monkeypatch):
     repo_copy = fake_root(isolated / "repo" / "third_party" / "arcface_torch")
     assert checkout.find_root() == repo_copy.resolve()
     cwd_copy = fake_root(isolated / "cwd" / "third_party" / "arcface_torch")
@@ -36,7 +36,7 @@ def test_find_root_order_argument_env_cwd_repo(isolated, monkeypatch):
     assert checkout.find_root(arg_copy) == arg_copy.resolve()
 
 
-def test_find_root_explicit_places_do_not_fall_back(isolated, monkeypatch):
+def test_find_root_explicit_places_do_not_fall_back(isolated, fake_root, monkeypatch):
     fake_root(isolated / "cwd" / "third_party" / "arcface_torch")
     with pytest.raises(checkout.UpstreamNotFoundError, match="from the argument"):
         checkout.find_root(isolated / "nowhere")
@@ -45,7 +45,7 @@ def test_find_root_explicit_places_do_not_fall_back(isolated, monkeypatch):
         checkout.find_root()
 
 
-def test_find_root_accepts_an_insightface_checkout(isolated):
+def test_find_root_accepts_an_insightface_checkout(isolated, fake_root):
     nested = fake_root(isolated / "insightface" / checkout.ARCFACE_SUBDIR)
     assert checkout.find_root(isolated / "insightface") == nested.resolve()
 
@@ -59,7 +59,7 @@ def test_git_blob_sha1_matches_git_hash_object(tmp_path):
 
 
 
-def test_fetch_record_written_and_read_back_marks_the_patched_files(tmp_path, monkeypatch):
+def test_fetch_record_written_and_read_back_marks_the_patched_files(tmp_path, fake_root, monkeypatch):
     monkeypatch.setattr(checkout, "REPO_ROOT", tmp_path / "repo")  # no patches/ of ours
     root = fake_root(tmp_path / "copy")
     for rel in checkout.REQUIRED_FILES:

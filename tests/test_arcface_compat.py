@@ -1,6 +1,6 @@
 """qgface_plugin.arcface.compat: the fixes for numpy, SciPy, torch's LR scheduler, tensorboard and menpo.
 
-Tests marked ``needs_upstream`` use the real arcface_torch named by ``ARCFACE_TORCH_ROOT`` and skip without it.
+Tests marked ``upstream`` use the real arcface_torch named by ``ARCFACE_TORCH_ROOT`` and skip without it.
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from _arcface import clean_env, needs_upstream, ns  # noqa: F401 (ns: a fixture)
+from _proc import clean_env
 from qgface_plugin.arcface import checkout, compat
 
 
@@ -108,7 +108,7 @@ def test_menpo_stub():
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 
-@needs_upstream
+@pytest.mark.upstream
 def test_make_scheduler_warms_up_then_decays_linearly(ns):
     param = torch.nn.Parameter(torch.zeros(1))
     opt = torch.optim.SGD([param], lr=0.1)
@@ -125,7 +125,7 @@ def test_make_scheduler_warms_up_then_decays_linearly(ns):
     assert sched.get_last_lr()[0] == pytest.approx(0.0)
 
 
-@needs_upstream
+@pytest.mark.upstream
 def test_verification_calculate_val_with_repeated_far_values(ns):
     import scipy.interpolate
     if compat._interp1d_rejects_repeated_x(scipy.interpolate):

@@ -1,6 +1,6 @@
 """qgface_plugin.arcface.cpu_shim: upstream's CUDA/NCCL calls on a machine without CUDA.
 
-The test marked ``needs_upstream`` runs upstream's PartialFC_V2 (``ARCFACE_TORCH_ROOT``) and skips without it.
+The test marked ``upstream`` runs upstream's PartialFC_V2 (``ARCFACE_TORCH_ROOT``) and skips without it.
 """
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ import types
 import pytest
 import torch
 
-from _arcface import needs_upstream, ns  # noqa: F401 (ns: a fixture)
 from _proc import free_port
 from qgface_plugin.arcface import cpu_shim
 
@@ -74,7 +73,7 @@ def _gloo_group():
     return dist
 
 
-@needs_upstream
+@pytest.mark.upstream
 def test_partial_fc_v2_runs_on_cpu_under_the_shim(ns):
     dist = _gloo_group()
     try:

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from _arcface import ROOT, clean_env, needs_git, tool
+from _proc import ROOT, clean_env, needs_git, tool
 from qgface_plugin.arcface import checkout
 
 

@@ -1,6 +1,6 @@
 """qgface_plugin.arcface.upstream: checking and importing arcface_torch.
 
-Tests marked ``needs_upstream`` use a real arcface_torch folder at the pinned commit, named by
+Tests marked ``upstream`` use a real arcface_torch folder at the pinned commit, named by
 ``ARCFACE_TORCH_ROOT``, and skip without it; the others build what they need in tmp_path.
 """
 from __future__ import annotations
@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 
-from _arcface import UPSTREAM_ENV, fake_root, isolated, needs_upstream, ns  # noqa: F401 (fixtures)
 from qgface_plugin.arcface import checkout, compat, upstream
 
 
@@ -22,7 +21,7 @@ def test_load_and_check_api_report_a_missing_upstream_the_same_way(isolated):
             fn()
 
 
-def test_check_api_names_missing_files(isolated):
+def test_check_api_names_missing_files(isolated, fake_root):
     root = fake_root(isolated / "partial")
     with pytest.raises(checkout.UpstreamAPIError) as info:
         upstream.check_api(root)
@@ -47,16 +46,16 @@ def test_conflicting_generic_module_is_refused(tmp_path, monkeypatch):
 
 
 
-@needs_upstream
+@pytest.mark.upstream
 def test_check_api_passes_on_the_pinned_copy_without_warnings(ns):
     with warnings.catch_warnings():
         warnings.simplefilter("error", checkout.UpstreamVersionWarning)
         assert upstream.check_api(ns.root) == []
 
 
-@needs_upstream
-def test_load_is_cached_and_complete(ns):
-    assert upstream.load(UPSTREAM_ENV) is ns and upstream.load() is ns
+@pytest.mark.upstream
+def test_load_is_cached_and_complete(ns, arcface_root):
+    assert upstream.load(arcface_root) is ns and upstream.load() is ns
     for name in ("get_model", "MXFaceDataset", "SyntheticDataset", "PartialFC_V2", "CombinedMarginLoss",
                  "PolynomialLRWarmup", "get_config", "verification", "DistributedSampler", "setup_seed",
                  "make_scheduler"):

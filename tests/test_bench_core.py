@@ -2,9 +2,8 @@
 import json
 import subprocess
 import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from _proc import ROOT
 
 
 def test_bench_core_quick_prints_one_json_line_with_every_figure():

@@ -4,7 +4,9 @@ import os
 import subprocess
 import sys
 
-from _arcface import ROOT, needs_upstream
+import pytest
+
+from _proc import ROOT
 
 BENCH = ROOT / "tools" / "bench_eval.py"
 
@@ -33,7 +35,7 @@ def test_bench_eval_without_upstream_skips_extract(tmp_path):
     assert sum(line.startswith("extract: skipped") for line in lines) == 1
 
 
-@needs_upstream
+@pytest.mark.upstream
 def test_bench_eval_quick_extract():
     res, _ = _run()
     assert res["extract_skipped"] is None and res["max_abs_diff"] < 1e-5

@@ -1,6 +1,5 @@
 """tools/bench_train.py: the arms' overrides and the ratio arithmetic (no upstream needed), and a
 ``--quick`` run of the real loop end to end (needs ARCFACE_TORCH_ROOT; no timing is asserted)."""
-import importlib.util
 import json
 import os
 import sys
@@ -8,19 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from _proc import run_guarded
+from _proc import ROOT, run_guarded, tool
 
-ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "tools" / "bench_train.py"
-UPSTREAM = os.environ.get("ARCFACE_TORCH_ROOT")
-needs_upstream = pytest.mark.skipif(not UPSTREAM, reason="ARCFACE_TORCH_ROOT not set: bench_train runs tools/train.py")
-
-
-def _module():
-    spec = importlib.util.spec_from_file_location("bench_train", BENCH)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def _as_dict(overrides):
@@ -28,7 +17,7 @@ def _as_dict(overrides):
 
 
 def test_arms_differ_only_in_loss_batch_and_images(tmp_path):
-    bt = _module()
+    bt = tool("bench_train")
     s = {**bt.QUICK, "batch": 8, "steps": 5, "overrides": ["lr=0.05"]}
     q = _as_dict(bt.arm_overrides("qgface_subset", s, 2, tmp_path / "o"))
     rows = _as_dict(bt.arm_overrides("arcface_rows", s, 2, tmp_path / "o"))
@@ -48,7 +37,7 @@ def _arm(step_s, rows, wait=None, peak=1000):
 
 
 def test_ratios_per_row_per_step_compute_and_memory():
-    bt = _module()
+    bt = tool("bench_train")
     arms = {"qgface_gate": _arm(1.1, 8, 0.1, 1100), "arcface_rows": _arm(1.0, 8, 0.0, 1000),
             "arcface_images": _arm(0.5, 4, 0.0, 800)}
     r = bt.ratios(arms, "qgface_gate")
@@ -72,7 +61,7 @@ def test_ratios_per_row_per_step_compute_and_memory():
 
 def test_missing_data_wait_gives_no_compute_ratio():
     """summary.json without data_wait_s (older loops) and a launcher without it: compute ratios are None."""
-    bt = _module()
+    bt = tool("bench_train")
     arms = {"qgface_gate": _arm(1.1, 8), "arcface_rows": _arm(1.0, 8), "arcface_images": _arm(0.5, 4)}
     r = bt.ratios(arms, "qgface_gate")
     assert r["compute_per_row_vs_equal_rows"] is None and r["compute_per_step_vs_equal_images"] is None
@@ -91,7 +80,7 @@ def _bench(*flags, timeout=300):
     return r, json.loads(lines[-1]), lines
 
 
-@needs_upstream
+@pytest.mark.upstream
 def test_quick_run_reports_every_arm_and_ratio():
     r, res, lines = _bench("--quick")
     assert r.returncode == 0, r.stdout[-4000:]
@@ -129,7 +118,7 @@ def test_quick_run_reports_every_arm_and_ratio():
     assert m["cores"] >= 1 and m["cpu"] and len(m["loadavg_start"]) == 3
 
 
-@needs_upstream
+@pytest.mark.upstream
 def test_a_failing_arm_is_reported_not_hidden():
     r, res, _ = _bench("--quick", "network='nope'", "--arms", "arcface_images", timeout=120)
     assert r.returncode == 1 and res["ok"] is False
@@ -151,7 +140,7 @@ def _processes_mentioning(text):
     return found
 
 
-@needs_upstream
+@pytest.mark.upstream
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="needs /proc to look for left-over processes")
 def test_sigterm_ends_the_running_training_run_too(tmp_path):
     """The runs have their own process group (so a timeout kills torchrun and its workers); a SIGTERM to

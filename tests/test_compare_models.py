@@ -1,6 +1,5 @@
 """tools/compare_models.py end to end: two tiny models (.pt and .onnx) on small synthetic benchmarks, the side-by-side
 table and the paired bootstrap; a model against itself differs by exactly 0."""
-import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -8,17 +7,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from _models import TinyCNN, export_tiny_onnx
+import _proc
+from _models import TinyCNN, export_tiny_onnx, verification_bins
 from qgface_plugin.eval import cli, compare
 from qgface_plugin.synthetic.ijb import make_ijb
 from qgface_plugin.synthetic.scface import make_scface
 from qgface_plugin.synthetic.tinyface import make_tinyface
-from qgface_plugin.synthetic.training_set import make_dataset
 
-ROOT = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("compare_models", ROOT / "tools" / "compare_models.py")
-tool = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(tool)
+tool = _proc.tool("compare_models")
 
 FAST = ["--bootstrap", "40", "--lowres", "8", "--scface-protocols", "all", "--batch-size", "32", "--erc-draws", "50"]
 
@@ -37,9 +33,7 @@ def _other_net():
 def data(tmp_path_factory):
     base = tmp_path_factory.mktemp("compare")
     root = base / "root"
-    make_dataset(base / "synth", num_identities=4, images_per_identity=2, num_val_identities=8, val_pairs=40)
-    (root / "bins").mkdir(parents=True)
-    shutil.copy(base / "synth" / "synthetic_val.bin", root / "bins" / "lfw.bin")
+    verification_bins(base, root / "bins")
     make_tinyface(root / "tinyface", num_identities=6, probes_per_identity=2, gallery_per_identity=1, distractors=6)
     make_scface(root / "scface", num_subjects=3, first_subject=50)
     make_ijb(root / "IJBC", "IJBC", num_subjects=4, templates_per_subject=2, medias_per_template=(1, 1),

@@ -27,14 +27,10 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+import _ddp
 from qgface_plugin import (MarginClassifier, ProxyQueue, QGFaceConfigError, QGFaceInputError, QGFaceLoss,
                            QualityPartition, build_margin, fetch_centres)
 from qgface_plugin.dist import gather_nograd
-
-try:  # tests/ may or may not be a package
-    from . import _ddp
-except ImportError:
-    import _ddp
 
 WORLD = 2
 

@@ -14,39 +14,34 @@ GRID = erc.DEFAULT_FRACTIONS
 
 
 # ----------------------------------------------------------------------------------------------- brute force
-def _brute_fnmr(scores, labels, quality, threshold, fractions):
-    """Loop over the fractions: sort by quality, drop the floor(f n) lowest, recount the FNMR at the fixed
-    threshold on the pairs kept. Ties: every order of the tied pairs is tried (all n! input orders, a stable
-    sort), and the kept counts are averaged over them -- the definition of the proportional tie rule."""
-    n = len(scores)
+def _brute_curve(n, quality, fractions, kept_error):
+    """Loop over the fractions: sort by quality, drop the floor(f n) lowest, and count ``kept_error(kept)`` =
+    (errors, trials) on the items kept. Ties: every order of the tied items is tried (all n! input orders, a
+    stable sort), and the counts are summed over them -- the definition of the proportional tie rule."""
     out = []
     for f in fractions:
         k = int(math.floor(f * n + 1e-9))
-        fnm = gen = 0.0
+        err = trials = 0.0
         perms = list(itertools.permutations(range(n)))
         for perm in perms:
-            order = sorted(range(n), key=lambda i: (quality[i], perm.index(i)))
-            kept = order[k:]
-            gen += sum(1 for i in kept if labels[i] == 1)
-            fnm += sum(1 for i in kept if labels[i] == 1 and scores[i] < threshold)
-        out.append(None if gen == 0 else (fnm / len(perms)) / (gen / len(perms)))
+            kept = sorted(range(n), key=lambda i: (quality[i], perm.index(i)))[k:]
+            e, m = kept_error(kept)
+            err, trials = err + e, trials + m
+        out.append(None if trials == 0 else err / trials)
     return out
+
+
+def _brute_fnmr(scores, labels, quality, threshold, fractions):
+    """FNMR at the fixed threshold of the genuine pairs kept."""
+    genuine = [i for i in range(len(scores)) if labels[i] == 1]
+    return _brute_curve(len(scores), quality, fractions, lambda kept: (
+        sum(1 for i in kept if i in genuine and scores[i] < threshold), sum(1 for i in kept if i in genuine)))
 
 
 def _brute_rank1(ranks, quality, fractions):
     """The same for identification: the rank-1 error of the probes kept."""
-    n = len(ranks)
-    out = []
-    for f in fractions:
-        k = int(math.floor(f * n + 1e-9))
-        err = kept_n = 0.0
-        perms = list(itertools.permutations(range(n)))
-        for perm in perms:
-            kept = sorted(range(n), key=lambda i: (quality[i], perm.index(i)))[k:]
-            err += sum(1 for i in kept if ranks[i] != 1)
-            kept_n += len(kept)
-        out.append(None if kept_n == 0 else err / kept_n)
-    return out
+    return _brute_curve(len(ranks), quality, fractions,
+                        lambda kept: (sum(1 for i in kept if ranks[i] != 1), len(kept)))
 
 
 def _close(got, want):

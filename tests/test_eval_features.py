@@ -1,13 +1,8 @@
 """qgface_plugin.eval.features: onnxruntime provider choice and the extractor's cache key."""
-import sys
-from pathlib import Path
-
 import onnxruntime as ort
 
+from _models import TinyCNN, export_tiny_onnx
 from qgface_plugin.eval.features import FeatureExtractor, onnx_providers
-
-sys.path.insert(0, str(Path(__file__).parent))
-from _models import TinyCNN, export_tiny_onnx  # noqa: E402
 
 
 def test_onnx_providers(monkeypatch):

@@ -1,13 +1,9 @@
 """Tests for the IJB-B/C 1:1 core (qgface_plugin.eval.ijb)."""
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 from qgface_plugin.errors import QGFaceInputError
 from qgface_plugin.eval.ijb import pair_scores, read_meta, template_features
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 # ------------------------------------------------------------------------------------------------ meta

@@ -10,20 +10,19 @@ import math
 import subprocess
 import sys
 import warnings
-from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 import torch
 
+from _models import TinyCNN, export_tiny_onnx
+from _proc import ROOT
 from qgface_plugin.errors import QGFaceInputError
 from qgface_plugin.eval.align import ARCFACE_TEMPLATE, align_face, estimate_transform, to_five_points
 from qgface_plugin.eval.features import FeatureExtractor, embed_items
 from qgface_plugin.eval.ijb import evaluate_ijb, quality_tar
 from qgface_plugin.eval.roc import tar_at_far
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 # ------------------------------------------------------------------------------------------- alignment
@@ -359,8 +358,6 @@ def test_tool_bad_inputs_name_file_and_line(tree, lookup_onnx, tmp_path):
 
 
 def test_onnx_path_equals_torch_path(tree, tmp_path):
-    sys.path.insert(0, str(Path(__file__).parent))
-    from _models import TinyCNN, export_tiny_onnx
     path = export_tiny_onnx(tmp_path / "tiny.onnx")
     a = evaluate_ijb(FeatureExtractor(TinyCNN()), tree["root"], load_batch=16, workers=0)
     b = evaluate_ijb(FeatureExtractor(str(path)), tree["root"], load_batch=16, workers=2)

@@ -18,17 +18,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from _proc import run_guarded
+from _proc import ROOT, run_guarded, upstream_root
 
-ROOT = Path(__file__).resolve().parents[1]
-ARCFACE_ROOT = os.environ.get("ARCFACE_TORCH_ROOT", "")
 _MISSING = [m for m in ("pandas", "prettytable") if importlib.util.find_spec(m) is None]
 
-pytestmark = pytest.mark.skipif(
-    not ARCFACE_ROOT or bool(_MISSING),
-    reason="needs ARCFACE_TORCH_ROOT (an arcface_torch folder) and pandas + prettytable "
-           "(pip install -r requirements-upstream-eval.txt)"
-           + (f"; missing: {', '.join(_MISSING)}" if _MISSING else ""))
+pytestmark = [pytest.mark.upstream, pytest.mark.skipif(
+    bool(_MISSING),
+    reason="needs pandas + prettytable (pip install -r requirements-upstream-eval.txt)"
+           + (f"; missing: {', '.join(_MISSING)}" if _MISSING else ""))]
 
 #: the tree: 48 templates, 288 pairs (72 genuine); seed 1 gives 102 images, so upstream's batch of 8 leaves a
 #: remainder batch of 6 (its ``rare_size`` path).
@@ -63,7 +60,7 @@ torch.save(net.state_dict(), out)
 
 
 def _env():
-    env = dict(os.environ, ARCFACE_TORCH_ROOT=ARCFACE_ROOT, CUDA_VISIBLE_DEVICES="",
+    env = dict(os.environ, ARCFACE_TORCH_ROOT=str(upstream_root()), CUDA_VISIBLE_DEVICES="",
                PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
     return env
 
@@ -111,7 +108,7 @@ def upstream_run(tmp_path_factory):
 def _ours(run, model, name, extra=()):
     out = run["work"] / name
     _run([str(ROOT / "tools" / "eval_ijb.py"), "--model", str(model), "--data", str(run["tree"]),
-          "--target", TREE["target"], "--output", str(out), "--arcface-root", ARCFACE_ROOT, *extra],
+          "--target", TREE["target"], "--output", str(out), "--arcface-root", str(upstream_root()), *extra],
          f"tools/eval_ijb.py on {Path(model).name}")
     report = json.loads((out / "ijbc.json").read_text())
     scores = np.load(out / "ijbc_scores.npy")
@@ -142,6 +139,6 @@ def test_pt_model_matches_upstream(upstream_run):
 def test_onnx_model_matches_upstream(upstream_run):
     onnx_path = upstream_run["work"] / "m.onnx"
     _run([str(ROOT / "tools" / "export_onnx.py"), "--network", "r18", "--model", str(upstream_run["model"]),
-          "--output", str(onnx_path), "--arcface-root", ARCFACE_ROOT], "tools/export_onnx.py")
+          "--output", str(onnx_path), "--arcface-root", str(upstream_root())], "tools/export_onnx.py")
     out, report, scores = _ours(upstream_run, onnx_path, "ours_onnx")
     _check_same_as_upstream(upstream_run, out, report, scores, atol=1e-4)

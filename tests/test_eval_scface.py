@@ -1,20 +1,16 @@
 """qgface_plugin.eval.scface (SCface rank-1 per distance) and tools/eval_scface.py."""
 import json
-import sys
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 
+import eval_scface as tool
 from _models import export_tiny_onnx
 from test_eval_tinyface import read_csv, tiny_norms
 from qgface_plugin.errors import QGFaceInputError
 from qgface_plugin.eval.scface import list_scface, parse_key, rank1_by_distance, read_subjects, select_subjects
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tools"))
-import eval_scface as tool  # noqa: E402
 
 
 # ------------------------------------------------------------------------------------------- ranking

@@ -1,24 +1,21 @@
 """tools/eval_suite.py: every benchmark of a data root, one summary read from the tools' reports."""
-import importlib.util
 import json
 import shutil
-from pathlib import Path
 
 import pytest
 
-from _models import export_tiny_onnx
+import _proc
+from _models import export_tiny_onnx, verification_bins
 from qgface_plugin.synthetic.ijb import make_ijb
-from qgface_plugin.synthetic.training_set import make_dataset
 from test_eval_scface import _tree as scface_tree
 from test_eval_tinyface import _tree as tinyface_tree
 
-ROOT = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("eval_suite", ROOT / "tools" / "eval_suite.py")
-suite = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(suite)
+suite = _proc.tool("eval_suite")
 
 
 ALL = ["verification", "tinyface", "scface_all", "scface_test80", "ijbb", "ijbc"]
+# the rows of the full run's tables, in order
+LABELS = ["lfw (original)", "lfw (lr8)", "lfw (lr16)", "TinyFace", "SCface (all)", "SCface (test80)", "IJB-B", "IJB-C"]
 
 
 @pytest.fixture(scope="module")
@@ -26,9 +23,7 @@ def data(tmp_path_factory):
     """ROOT/bins/lfw.bin, ROOT/TinyFace/, ROOT/scface/, ROOT/IJB_release/IJBC/, ROOT/IJBB/ and the tiny ONNX model."""
     base = tmp_path_factory.mktemp("suite")
     root = base / "root"
-    make_dataset(base / "synth", num_identities=4, images_per_identity=2, num_val_identities=8, val_pairs=40)
-    (root / "bins").mkdir(parents=True)
-    shutil.copy(base / "synth" / "synthetic_val.bin", root / "bins" / "lfw.bin")
+    verification_bins(base, root / "bins")
     tinyface_tree(root / "TinyFace")
     scface_tree(root / "scface")
     small = dict(num_subjects=4, templates_per_subject=2, medias_per_template=(1, 1), images_per_media=(1, 1))
@@ -102,8 +97,7 @@ def test_full_run_status_and_headline_figures(full_run, capsys):
 def test_full_run_quality_view(full_run):
     _, out, s = full_run
     rows = {r["label"]: r for r in s["quality_view"]}
-    assert list(rows) == ["lfw (original)", "lfw (lr8)", "lfw (lr16)", "TinyFace", "SCface (all)", "SCface (test80)",
-                          "IJB-B", "IJB-C"]
+    assert list(rows) == LABELS
     md = (out / "summary.md").read_text()
     expect = {"TinyFace": ("tinyface", "rank1", "rank-1 (probe quality)"),
               "SCface (all)": ("scface_all", "rank1", "rank-1 (probe quality)"),
@@ -176,8 +170,7 @@ def test_nothing_to_run(data, tmp_path, capsys):
 def test_full_run_erc_table(full_run):
     _, out, s = full_run
     rows = {r["label"]: r for r in s["erc"]}
-    assert list(rows) == ["lfw (original)", "lfw (lr8)", "lfw (lr16)", "TinyFace", "SCface (all)", "SCface (test80)",
-                          "IJB-B", "IJB-C"]
+    assert list(rows) == LABELS
     md = (out / "summary.md").read_text()
     assert "## Error-versus-reject (%)" in md
     for label, r in rows.items():

@@ -1,7 +1,6 @@
 """qgface_plugin.eval.tinyface (TinyFace CMC protocol) and tools/eval_tinyface.py."""
 import csv
 import json
-import sys
 from pathlib import Path
 
 import cv2
@@ -9,14 +8,11 @@ import numpy as np
 import pytest
 import torch
 
+import eval_tinyface as tool
 from _models import TinyCNN, export_tiny_onnx
 from qgface_plugin.errors import QGFaceInputError
 from qgface_plugin.eval import erc
 from qgface_plugin.eval.tinyface import list_tinyface, resolve_root
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tools"))
-import eval_tinyface as tool  # noqa: E402
 
 
 # ------------------------------------------------------------------------------------------ listing

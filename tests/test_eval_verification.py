@@ -1,27 +1,21 @@
 """qgface_plugin.eval (features + .bin verification protocol) and tools/eval_verification.py."""
 import csv
 import json
-import os
 import pickle
 import shutil
-import sys
-from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 import torch
 
+import eval_verification as tool
 from _models import TinyCNN, export_tiny_onnx
 from qgface_plugin.errors import QGFaceInputError
 from qgface_plugin.eval import FeatureExtractor, evaluate, evaluate_bin, load_bin, lowres_variant
 from qgface_plugin.eval.features import preprocess
 from qgface_plugin.eval.verification import fold_indices, pair_min_norm, pair_quality_bins
 from qgface_plugin.synthetic.training_set import make_dataset, write_verification_bin
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tools"))
-import eval_verification as tool  # noqa: E402
 
 
 # ------------------------------------------------------------------------------------------- helpers
@@ -97,7 +91,7 @@ def test_evaluate_rejects_bad_shapes():
         evaluate(np.full((40, 4), np.nan), [True, False] * 10)
 
 
-@pytest.mark.skipif(not os.environ.get("ARCFACE_TORCH_ROOT"), reason="ARCFACE_TORCH_ROOT not set")
+@pytest.mark.upstream
 def test_evaluate_matches_upstream_verification():
     from qgface_plugin.arcface import upstream
     ver = upstream.load().verification
@@ -482,7 +476,7 @@ def test_tool_errors(bin_dir, onnx_model, tmp_path, capsys):
     assert tool.main(["--model", str(tmp_path / "m.pt"), "--data", str(bin_dir), "--output", str(tmp_path)]) == 2
 
 
-@pytest.mark.skipif(not os.environ.get("ARCFACE_TORCH_ROOT"), reason="ARCFACE_TORCH_ROOT not set")
+@pytest.mark.upstream
 def test_tool_pt_model_with_upstream_backbone(bin_dir, tmp_path):
     from qgface_plugin.arcface import upstream
     net = upstream.load().get_model("r18", dropout=0.0, fp16=False, num_features=32)
@@ -495,7 +489,7 @@ def test_tool_pt_model_with_upstream_backbone(bin_dir, tmp_path):
     assert report["model_info"]["embedding_size"] == 32
 
 
-@pytest.mark.skipif(not os.environ.get("ARCFACE_TORCH_ROOT"), reason="ARCFACE_TORCH_ROOT not set")
+@pytest.mark.upstream
 def test_whole_pipeline_matches_upstream_test(bin_dir):
     """Our load_bin + FeatureExtractor(flip="sum") + evaluate == upstream verification.test on the same data."""
     from qgface_plugin.arcface import upstream

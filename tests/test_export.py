@@ -1,6 +1,6 @@
 """qgface_plugin.export, qgface_plugin.arcface.backbone and tools/export_onnx.py.
 
-The tiny-CNN tests always run (no arcface_torch needed). Tests marked ``needs_upstream`` build a real
+The tiny-CNN tests always run (no arcface_torch needed). Tests marked ``upstream`` build a real
 arcface_torch MobileFaceNet and skip unless ``ARCFACE_TORCH_ROOT`` names the upstream folder.
 """
 from __future__ import annotations
@@ -15,8 +15,7 @@ import pytest
 import torch
 from torch import nn
 
-from _arcface import ROOT, UPSTREAM_ENV, needs_upstream
-from _proc import run_guarded
+from _proc import ROOT, run_guarded
 from qgface_plugin import export
 from qgface_plugin.arcface import backbone
 from qgface_plugin.errors import QGFaceConfigError, QGFaceInputError
@@ -158,9 +157,9 @@ def _tool(*args):
 
 
 @pytest.fixture(scope="module")
-def mbf_model_pt(tmp_path_factory):
+def mbf_model_pt(tmp_path_factory, arcface_root):
     from qgface_plugin.arcface import upstream
-    ns = upstream.load(UPSTREAM_ENV)
+    ns = upstream.load(arcface_root)
     torch.manual_seed(0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -170,7 +169,7 @@ def mbf_model_pt(tmp_path_factory):
     return path
 
 
-@needs_upstream
+@pytest.mark.upstream
 def test_load_backbone_mbf(mbf_model_pt):
     model = backbone.load_backbone("mbf", mbf_model_pt)
     assert not model.training
@@ -178,10 +177,10 @@ def test_load_backbone_mbf(mbf_model_pt):
         assert model(torch.zeros(2, 3, 112, 112)).shape == (2, 128)
 
 
-@needs_upstream
-def test_tool_round_trip_mbf(mbf_model_pt, tmp_path):
+@pytest.mark.upstream
+def test_tool_round_trip_mbf(mbf_model_pt, tmp_path, arcface_root):
     out = tmp_path / "mbf.onnx"
-    res = _tool("--network", "mbf", "--model", mbf_model_pt, "--output", out, "--arcface-root", UPSTREAM_ENV)
+    res = _tool("--network", "mbf", "--model", mbf_model_pt, "--output", out, "--arcface-root", arcface_root)
     assert res.returncode == 0, res.stdout[-3000:]
     assert "onnx.checker: OK" in res.stdout
     fig = json.loads(res.stdout.strip().splitlines()[-1])
@@ -190,10 +189,10 @@ def test_tool_round_trip_mbf(mbf_model_pt, tmp_path):
     assert fig["insightface"]["taskname"] == "recognition" and fig["insightface"]["max_rel_diff"] < 1e-4
 
 
-@needs_upstream
-def test_tool_wrong_network(mbf_model_pt, tmp_path):
+@pytest.mark.upstream
+def test_tool_wrong_network(mbf_model_pt, tmp_path, arcface_root):
     out = tmp_path / "wrong.onnx"
-    res = _tool("--network", "r18", "--model", mbf_model_pt, "--output", out, "--arcface-root", UPSTREAM_ENV)
+    res = _tool("--network", "r18", "--model", mbf_model_pt, "--output", out, "--arcface-root", arcface_root)
     assert res.returncode == 2, res.stdout[-3000:]
     assert "Network mismatch" in res.stdout and "--network mbf" in res.stdout
     assert not out.exists()

@@ -9,11 +9,11 @@ import pickle
 import struct
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
+from _proc import ROOT
 from qgface_plugin.errors import QGFaceConfigError, QGFaceInputError
 from qgface_plugin.formats import ijb_meta
 from qgface_plugin.formats.face_crop import ARCFACE_TEMPLATE, CROP_SIZE
@@ -22,7 +22,6 @@ from qgface_plugin.formats.recordio_writer import RecordWriter, frame, pack
 from qgface_plugin.formats.records import header0_payload, read_property, write_header0_set, write_property
 from qgface_plugin.formats.verification_bin import PICKLE_PROTOCOL, read_bin, write_bin
 
-ROOT = Path(__file__).resolve().parents[1]
 M = struct.pack("<I", MAGIC)
 
 from test_recordio import MXNET_MISSING, mx  # mxnet, or None with the reason it cannot be imported

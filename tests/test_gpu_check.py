@@ -7,15 +7,12 @@ is still reported in the JSON while the others run.
 import json
 import os
 import sys
-from pathlib import Path
 
 import pytest
 
-from _proc import run_guarded
+from _proc import ROOT, run_guarded
 
-ROOT = Path(__file__).resolve().parents[1]
 CHECK = ROOT / "tools" / "gpu_check.py"
-UPSTREAM = os.environ.get("ARCFACE_TORCH_ROOT")
 STAGES = ("environment", "cuda_unit_tests", "train_one", "train_all")
 ARM_FIELDS = ("samples_per_s", "step_s", "s_per_row", "peak_memory_bytes", "memory_kind", "grad_scale",
               "skipped_steps", "syncs_per_step", "plugin_sync_ops_per_step", "images_per_step", "rows_per_step",
@@ -38,7 +35,7 @@ def _assert_cuda_tests_skipped(stage):
         assert t["outcome"] == "skipped" and "CUDA" in t["message"], t
 
 
-@pytest.mark.skipif(not UPSTREAM, reason="ARCFACE_TORCH_ROOT not set: the dry run trains with arcface_torch")
+@pytest.mark.upstream
 def test_cpu_dry_run_reports_every_stage_and_field(tmp_path):
     r, res = _check("--output", str(tmp_path / "check.json"))
     assert r.returncode == 0, r.stdout[-4000:]

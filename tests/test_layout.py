@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from _proc import ROOT
+
 PKG = ROOT / "qgface_plugin"
 
 # layer -> the layers it may import ("core" = the package top, shared basics included)
@@ -26,6 +27,7 @@ MAY_IMPORT = {
     "export": {"core", "arcface"},
     "eval": {"core", "formats", "arcface", "export", "eval"},
     "synthetic": {"core", "formats", "eval", "synthetic"},
+    "study": {"core", "formats", "arcface", "export", "eval", "synthetic", "study"},
 }
 LAYERS = set(MAY_IMPORT) - {"core", "export"}
 # arcface_torch's top-level module names (what upstream's sys.path entry makes importable)

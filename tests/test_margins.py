@@ -148,12 +148,11 @@ def test_build_margin_from_names_and_margin_list():
         build_margin("arcface", s=0)
 
 
-@pytest.mark.skipif(not os.environ.get("ARCFACE_TORCH_ROOT"),
-                    reason="ARCFACE_TORCH_ROOT not set: upstream CombinedMarginLoss unavailable")
+@pytest.mark.upstream
 @pytest.mark.parametrize("margin_list", [(1.0, 0.5, 0.0), (1.0, 0.0, 0.4)])
-def test_matches_upstream_combined_margin_loss(margin_list):
+def test_matches_upstream_combined_margin_loss(margin_list, arcface_root):
     import importlib.util
-    path = os.path.join(os.environ["ARCFACE_TORCH_ROOT"], "losses.py")
+    path = os.path.join(arcface_root, "losses.py")
     spec = importlib.util.spec_from_file_location("_upstream_losses", path)
     upstream = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(upstream)

@@ -12,25 +12,17 @@ Needs ``ARCFACE_TORCH_ROOT`` (skips without it).
 """
 from __future__ import annotations
 
-import os
 import sys
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from qgface_plugin.arcface import checkout, cpu_shim, upstream
+import _ddp
+from _proc import upstream_root
+from qgface_plugin.arcface import cpu_shim, upstream
 
-try:  # tests/ may or may not be a package
-    from . import _ddp
-except ImportError:
-    import _ddp
-
-UPSTREAM_ENV = os.environ.get(checkout.ENV_VAR)
-pytestmark = pytest.mark.skipif(
-    not UPSTREAM_ENV,
-    reason=f"{checkout.ENV_VAR} not set: point it at insightface's {checkout.ARCFACE_SUBDIR} at commit "
-           f"{checkout.PINNED_COMMIT[:12]} (python tools/fetch_arcface_torch.py prints one)")
+pytestmark = pytest.mark.upstream
 
 WORLD, B, D, C = 2, 4, 8, 6          # 8 global rows, 6 classes (3 per rank on 2 ranks)
 S, M, THRESHOLD = 8.0, 0.4, 0.5      # CosFace with s = 8: no target probability under upstream's 1e-30 clamp
@@ -63,7 +55,7 @@ def subset_run(rank: int, world: int) -> dict:
     """Every scenario through QGFacePartialFC(hq_mode="subset"): loss, gradients, this rank's shard."""
     from qgface_plugin.margins import build_margin
     from qgface_plugin.arcface.partial_fc import qgface_partial_fc
-    ns = upstream.load(UPSTREAM_ENV)
+    ns = upstream.load(upstream_root())
     cls = qgface_partial_fc(sys.modules[ns.PartialFC_V2.__module__])
     emb, labels, weight = _inputs()
     n = WORLD * B // world
@@ -128,7 +120,7 @@ def subset_sampled_run(rank: int, world: int) -> dict:
     """hq_mode="subset" with sample_rate 0.5: loss, gradients and the sampled classes of this rank."""
     from qgface_plugin.margins import build_margin
     from qgface_plugin.arcface.partial_fc import qgface_partial_fc
-    ns = upstream.load(UPSTREAM_ENV)
+    ns = upstream.load(upstream_root())
     cls = qgface_partial_fc(sys.modules[ns.PartialFC_V2.__module__])
     emb, labels, weight = _inputs()
     n = WORLD * B // world

@@ -26,13 +26,11 @@ import pytest
 import torch
 from easydict import EasyDict as edict
 
-from _arcface import UPSTREAM_ENV, needs_git, needs_upstream
-from _proc import free_port, run_guarded
+from _proc import ROOT, free_port, needs_git, run_guarded, upstream_root
 from qgface_plugin.arcface import checkout, hooks
 from qgface_plugin.errors import QGFaceConfigError, QGFaceInputError
 from qgface_plugin.views import TwoViewTransform
 
-ROOT = Path(__file__).resolve().parents[1]
 PATCHES = sorted((ROOT / "patches").glob("*.patch"))
 GIT_DIR_ENV = os.environ.get("INSIGHTFACE_GIT_DIR")
 
@@ -187,11 +185,9 @@ def _git_apply(folder: Path, patch: Path, *extra) -> subprocess.CompletedProcess
 
 
 @pytest.fixture(scope="module")
-def pristine(tmp_path_factory) -> Path:
-    if not UPSTREAM_ENV:
-        pytest.skip(f"{checkout.ENV_VAR} not set")
+def pristine(tmp_path_factory, arcface_root) -> Path:
     dest = tmp_path_factory.mktemp("pristine") / "arcface_torch"
-    shutil.copytree(checkout.find_root(UPSTREAM_ENV), dest, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(checkout.find_root(arcface_root), dest, ignore=shutil.ignore_patterns("__pycache__"))
     for patch in reversed(PATCHES):  # a copy from tools/fetch_arcface_torch.py is already patched: undo
         if _git_apply(dest, patch, "--check").returncode != 0 and \
                 _git_apply(dest, patch, "--check", "--reverse").returncode == 0:
@@ -218,7 +214,7 @@ def records(tmp_path_factory) -> Path:
 
 
 @needs_git
-@needs_upstream
+@pytest.mark.upstream
 def test_patches_apply_cleanly_to_the_pinned_files(pristine, patched):
     for rel, blob in checkout.PINNED_BLOBS.items():  # the copy really is the pinned commit
         assert checkout.git_blob_sha1(pristine / rel) == blob, rel
@@ -247,7 +243,7 @@ def _polynomial_lrs(root: Path, name: str) -> list:
     return lrs
 
 
-@needs_upstream
+@pytest.mark.upstream
 def test_patched_lr_scheduler_works_on_this_torch_without_shims(pristine, patched):
     init = torch.optim.lr_scheduler.LRScheduler.__init__
     if getattr(init, "_qgface_drops_verbose", False):
@@ -330,7 +326,7 @@ def _check_run(proc, out: Path, first_step: int, last_step: int, qgface=True, lo
 
 
 @needs_git
-@needs_upstream
+@pytest.mark.upstream
 def test_train_v2_qgface_trains_checkpoints_and_resumes(patched, records, tmp_path):
     out = tmp_path / "out"
     qg = dict(loss="qgface", qgface_queue_size=QUEUE, qgface_stats_init="first_batch", qgface_threshold=0.5)
@@ -365,7 +361,7 @@ def test_train_v2_qgface_trains_checkpoints_and_resumes(patched, records, tmp_pa
 
 
 @needs_git
-@needs_upstream
+@pytest.mark.upstream
 def test_train_v2_arcface_is_unchanged_by_the_patch(pristine, patched, records, tmp_path):
     """loss="arcface": the patched train_v2 trains exactly as the pristine one (same seeded losses)."""
     logs = []
@@ -379,7 +375,7 @@ def test_train_v2_arcface_is_unchanged_by_the_patch(pristine, patched, records, 
 
 
 @needs_git
-@needs_upstream
+@pytest.mark.upstream
 def test_train_v2_qgface_without_the_plugin_says_what_is_missing(patched, records, tmp_path):
     cfg_dir = _config(tmp_path, "qg_missing", records, loss="qgface")
     block = ("import runpy, sys; sys.modules['qgface_plugin.arcface.hooks'] = None; sys.argv = sys.argv[1:]; "
@@ -391,7 +387,7 @@ def test_train_v2_qgface_without_the_plugin_says_what_is_missing(patched, record
 
 
 @needs_git
-@needs_upstream
+@pytest.mark.upstream
 def test_train_v2_qgface_two_processes_share_one_queue(patched, records, tmp_path):
     out = tmp_path / "out"
     cfg_dir = _config(tmp_path, "qg_patch_2", records, loss="qgface", num_epoch=1, qgface_queue_size=QUEUE)
@@ -413,7 +409,7 @@ def _past_imports_line(train_v2: Path) -> int:
 
 
 @needs_git
-@needs_upstream
+@pytest.mark.upstream
 def test_train_v2_runs_as_users_run_it(patched, records, tmp_path):
     """``torchrun --nproc_per_node 1 train_v2.py configs/<qgface config>`` from inside the patched copy, in this
     environment (requirements.txt: tensorboardX, no tensorboard package), without tools/run_upstream.py and
@@ -472,7 +468,7 @@ def test_fetch_tool_applies_the_patches(tmp_path, request):
     assert [p["name"] for p in record["patches"]] == [p.name for p in PATCHES]
     assert record["patched_files"] == ["lr_scheduler.py", "train_v2.py"]
     assert "qgface_hooks.configure(cfg)" in (dest / "train_v2.py").read_text()
-    if UPSTREAM_ENV:  # the same bytes as git apply gives on the pinned copy
+    if upstream_root() is not None:  # the same bytes as git apply gives on the pinned copy
         patched = request.getfixturevalue("patched")
         for rel in record["patched_files"]:
             assert (dest / rel).read_bytes() == (patched / rel).read_bytes(), rel

@@ -30,11 +30,10 @@ import numpy as np
 import pytest
 import torch
 
+from _proc import ROOT
 from qgface_plugin import QGFaceInputError
 from qgface_plugin.formats.record_dataset import RecordDataset
 from qgface_plugin.formats.recordio import MAGIC, RecordIOError, RecordReader, decode_image, unpack
-
-ROOT = Path(__file__).resolve().parents[1]
 
 try:
     from qgface_plugin.utils import import_mxnet
@@ -649,14 +648,11 @@ def test_decode_440_subsampling_differs_by_at_most_2():
     assert diff.max() <= 2
 
 
-UPSTREAM_ENV = os.environ.get("ARCFACE_TORCH_ROOT")
-
-
 @needs_mxnet
-@pytest.mark.skipif(not UPSTREAM_ENV, reason="ARCFACE_TORCH_ROOT not set: the MXFaceDataset comparison needs arcface_torch")
-def test_dataset_matches_mxfacedataset(header0_set, tmp_path):
+@pytest.mark.upstream
+def test_dataset_matches_mxfacedataset(header0_set, tmp_path, arcface_root):
     from qgface_plugin.arcface import upstream
-    ns = upstream.load(UPSTREAM_ENV)
+    ns = upstream.load(arcface_root)
     imgs = images(3, seed=17)
     ref_write(tmp_path / "flat", [(k, ref_pack(float(k), jpg(im), id_=k)) for k, im in zip([2, 0, 1], imgs)])
     for root in (header0_set[0], tmp_path / "flat"):

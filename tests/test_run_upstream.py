@@ -1,6 +1,6 @@
 """tools/run_upstream.py: upstream's scripts run unmodified, with our fixes and CPU shims.
 
-Tests marked ``needs_upstream`` use a real arcface_torch folder at the pinned commit, named by
+Tests marked ``upstream`` use a real arcface_torch folder at the pinned commit, named by
 ``ARCFACE_TORCH_ROOT``, and skip without it.
 """
 from __future__ import annotations
@@ -14,8 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from _arcface import ROOT, UPSTREAM_ENV, clean_env, isolated, needs_upstream, ns, tool  # noqa: F401 (fixtures)
-from _proc import free_port, run_guarded
+from _proc import ROOT, clean_env, free_port, run_guarded, tool
 from qgface_plugin.errors import QGFaceConfigError
 
 
@@ -26,7 +25,7 @@ def test_run_upstream_without_upstream_exits_2_with_instructions(isolated, capsy
 
 
 
-@needs_upstream
+@pytest.mark.upstream
 def test_run_upstream_can_shorten_the_synthetic_dataset(ns, monkeypatch):
     monkeypatch.setattr(ns.SyntheticDataset, "__len__", ns.SyntheticDataset.__len__)  # restored after
     assert len(ns.SyntheticDataset()) == 1000000
@@ -87,11 +86,11 @@ def _check_training_output(tmp_path: Path, proc, steps_logged: int):
     return losses
 
 
-@needs_upstream
-def test_run_upstream_train_v2_one_process(tmp_path):
+@pytest.mark.upstream
+def test_run_upstream_train_v2_one_process(tmp_path, arcface_root):
     n = _write_rec(tmp_path / "rec")
     cfg_dir = _train_config(tmp_path, "qg_smoke_1", tmp_path / "rec", n)
-    cmd = [sys.executable, str(ROOT / "tools" / "run_upstream.py"), "--root", UPSTREAM_ENV,
+    cmd = [sys.executable, str(ROOT / "tools" / "run_upstream.py"), "--root", arcface_root,
            "--config-dir", str(cfg_dir), "train_v2.py", "configs/qg_smoke_1"]
     proc = run_guarded(cmd, timeout=150, env=clean_env(OMP_NUM_THREADS="2"), cwd=tmp_path)
     losses = _check_training_output(tmp_path, proc, steps_logged=n // 4 - 1)  # logging starts at step 2
@@ -99,12 +98,12 @@ def test_run_upstream_train_v2_one_process(tmp_path):
     assert np.mean(losses[-3:]) < losses[0], losses
 
 
-@needs_upstream
-def test_run_upstream_train_v2_two_processes_with_torchrun(tmp_path):
+@pytest.mark.upstream
+def test_run_upstream_train_v2_two_processes_with_torchrun(tmp_path, arcface_root):
     n = _write_rec(tmp_path / "rec")
     cfg_dir = _train_config(tmp_path, "qg_smoke_2", tmp_path / "rec", n)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(free_port()), str(ROOT / "tools" / "run_upstream.py"), "--root", UPSTREAM_ENV,
+           "--master_port", str(free_port()), str(ROOT / "tools" / "run_upstream.py"), "--root", arcface_root,
            "--config-dir", str(cfg_dir), "train_v2.py", "configs/qg_smoke_2"]
     proc = run_guarded(cmd, timeout=200, env=clean_env(OMP_NUM_THREADS="1"), cwd=tmp_path)
     _check_training_output(tmp_path, proc, steps_logged=n // 8 - 1)

@@ -14,30 +14,21 @@
 """
 from __future__ import annotations
 
-import os
 import sys
 
 import pytest
 import torch
 
+import _ddp
+from _proc import upstream_root
 from qgface_plugin import MarginClassifier, QGFaceInputError, QGFaceLoss, build_margin, contrastive, margins
-from qgface_plugin.arcface import checkout, cpu_shim, upstream
+from qgface_plugin.arcface import cpu_shim, upstream
 from qgface_plugin.classifier import check_labels
 from qgface_plugin.syncs import count_host_syncs
-
-try:  # tests/ may or may not be a package
-    from . import _ddp
-except ImportError:
-    import _ddp
 
 D, C, B, K = 16, 24, 8, 40
 THRESHOLDS, LAMBDAS, MODES, MASKS = (0.0, 0.2, 1.0), (0.0, 1.0), ("gate", "subset"), ("label", "own")
 CONFIGS = [(mode, b, lam, mask) for mode in MODES for b in THRESHOLDS for lam in LAMBDAS for mask in MASKS]
-UPSTREAM_ENV = os.environ.get(checkout.ENV_VAR)
-needs_upstream = pytest.mark.skipif(
-    not UPSTREAM_ENV,
-    reason=f"{checkout.ENV_VAR} not set: point it at insightface's {checkout.ARCFACE_SUBDIR} at commit "
-           f"{checkout.PINNED_COMMIT[:12]} (python tools/fetch_arcface_torch.py prints one)")
 
 
 def _batch(step, rank=0, world=1):
@@ -243,7 +234,7 @@ def ddp_syncs(rank: int, world: int, with_partial_fc: bool) -> dict:
             out[(mode, b, lam, mask)] = {"plugin": recs, "other": []}
         return out
     from qgface_plugin.arcface.partial_fc import qgface_partial_fc
-    ns = upstream.load(UPSTREAM_ENV)
+    ns = upstream.load(upstream_root())
     cls = qgface_partial_fc(sys.modules[ns.PartialFC_V2.__module__])
     with cpu_shim.partial_fc_cpu_shim():
         for mode, rate, b in PFC_CONFIGS:
@@ -264,7 +255,7 @@ def test_two_ranks_step_needs_no_host_sync(tmp_path):
             assert not recs["plugin"], (rank, config, recs["plugin"])
 
 
-@needs_upstream
+@pytest.mark.upstream
 @pytest.mark.parametrize("world", [1, 2])
 def test_partial_fc_step_needs_no_plugin_sync(tmp_path, world):
     results = _ddp.spawn_workers(ddp_syncs, tmp_path, args=(True,), world_size=world, timeout_s=120)

@@ -4,18 +4,17 @@ layout, colour order, .bin format, learnability, arguments, the make_synthetic_d
 Tests that need the upstream arcface_torch code (``MXFaceDataset``, ``eval/verification.py``)
 skip unless ``ARCFACE_TORCH_ROOT`` points at a ``recognition/arcface_torch`` checkout.
 """
-import importlib.util
 import json
 import math
 import os
 import pickle
 import sys
-from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 
+from _proc import tool, upstream_root
 from qgface_plugin.formats.face_crop import ARCFACE_TEMPLATE
 from qgface_plugin.synthetic.degrade import degrade_quality
 from qgface_plugin.synthetic.faces import render_face
@@ -25,7 +24,6 @@ from qgface_plugin.synthetic.training_set import make_dataset, write_train_rec, 
 
 mx = pytest.importorskip("mxnet")
 
-ROOT = Path(__file__).resolve().parents[1]
 SMALL = dict(num_identities=12, images_per_identity=6, lq_fraction=0.5, num_val_identities=8, val_pairs=40, seed=3)
 N_SMALL = 12 * 6
 
@@ -38,9 +36,8 @@ def small(tmp_path_factory):
 
 
 def _upstream_root():
-    root = os.environ.get("ARCFACE_TORCH_ROOT")
-    if not root:
-        pytest.skip("ARCFACE_TORCH_ROOT is not set (path to an upstream recognition/arcface_torch checkout)")
+    """The upstream folder on ``sys.path`` (for tests marked ``upstream``); skips if it has no dataset.py."""
+    root = str(upstream_root())
     if not os.path.isfile(os.path.join(root, "dataset.py")):
         pytest.skip(f"ARCFACE_TORCH_ROOT={root!r} has no dataset.py")
     if root not in sys.path:
@@ -185,6 +182,7 @@ def test_bins_are_plain_pickles_of_jpeg_bytes_and_balanced_bools(small):
     assert summary["val_same_pairs"] == pairs // 2
 
 
+@pytest.mark.upstream
 def test_upstream_load_bin_reads_the_bins(small):
     _upstream_root()
     verification = pytest.importorskip("eval.verification")
@@ -202,6 +200,7 @@ def test_upstream_load_bin_reads_the_bins(small):
         assert np.array_equal(data[1][0].numpy(), data[0][0].flip(2).numpy())
 
 
+@pytest.mark.upstream
 def test_upstream_mxfacedataset_reads_the_rec(small):
     _upstream_root()
     dataset = pytest.importorskip("dataset")
@@ -345,15 +344,8 @@ def test_write_train_rec_rejects_ungrouped_labels(tmp_path):
 # --------------------------------------------------------------------------- #
 # command line
 # --------------------------------------------------------------------------- #
-def _cli():
-    spec = importlib.util.spec_from_file_location("make_synthetic_data", ROOT / "tools" / "make_synthetic_data.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def test_cli_writes_the_set_and_a_preview(tmp_path, capsys):
-    cli = _cli()
+    cli = tool("make_synthetic_data")
     preview = tmp_path / "sheet.png"
     rc = cli.main(["--output", str(tmp_path / "ds"), "--identities", "5", "--images-per-identity", "4",
                    "--lq-fraction", "0.5", "--val-identities", "4", "--val-pairs", "40", "--seed", "1",
@@ -384,7 +376,7 @@ def test_identity_geometry_follows_the_arcface_template():
 
 
 def test_cli_workers_zero_renders_in_this_process(tmp_path, monkeypatch):
-    cli = _cli()
+    cli = tool("make_synthetic_data")
     seen = []
 
     def fake_make_dataset(out, **kwargs):

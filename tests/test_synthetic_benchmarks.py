@@ -2,7 +2,6 @@
 pair labels), TinyFace and SCface (parsed by the evaluators' own listers, quality ordering) and make_benchmarks
 (found by tools/eval_suite.py, tools/make_synthetic_benchmarks.py)."""
 import hashlib
-import importlib.util
 import json
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import numpy as np
 import pytest
 from skimage import transform as sk_transform
 
+from _proc import tool
 from qgface_plugin.errors import QGFaceConfigError
 from qgface_plugin.eval.ijb import read_meta
 from qgface_plugin.eval.scface import list_scface, select_subjects
@@ -154,16 +154,7 @@ def test_bad_arguments(tmp_path, kw):
 
 
 # ------------------------------------------------------------------------------- TinyFace, SCface, the suite
-ROOT = Path(__file__).resolve().parents[1]
 BENCH_SEED = 3
-
-
-def _load(name, rel):
-    """A module of tools/ (not a package), imported by path."""
-    spec = importlib.util.spec_from_file_location(name, ROOT / rel)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
@@ -180,7 +171,7 @@ def _sharpness(path):
 
 def test_benchmarks_are_discovered_by_the_suite(bench):
     root, info = bench
-    suite = _load("_suite_for_synthetic_eval", "tools/eval_suite.py")
+    suite = tool("eval_suite")
     assert suite.discover(root) == {"bins": None, "tinyface": root / "tinyface", "scface": root / "scface",
                                     "ijbb": None, "ijbc": root / "IJBC"}
     assert json.loads((root / SUMMARY_FILE).read_text()) == {k: v for k, v in info.items() if k != "seconds"}
@@ -244,7 +235,7 @@ def test_quality_ordering(bench):
 
 def test_benchmarks_deterministic_and_cli(bench, tmp_path, capsys):
     root, info = bench
-    cli = _load("_make_synthetic_benchmarks", "tools/make_synthetic_benchmarks.py")
+    cli = tool("make_synthetic_benchmarks")
     assert cli.main(["--output", str(tmp_path / "a"), "--seed", str(BENCH_SEED)]) == 0
     out = capsys.readouterr().out
     assert "tinyface" in out and "scface" in out and "ijbc" in out and SUMMARY_FILE in out

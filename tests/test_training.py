@@ -20,11 +20,9 @@ import pytest
 import torch
 
 import qgface_plugin
-from _proc import free_port, run_guarded
+from _proc import ROOT, free_port, run_guarded
 
-ROOT = Path(__file__).resolve().parents[1]
-UPSTREAM = os.environ.get("ARCFACE_TORCH_ROOT")
-pytestmark = pytest.mark.skipif(not UPSTREAM, reason="ARCFACE_TORCH_ROOT not set: these tests train with arcface_torch")
+pytestmark = pytest.mark.upstream
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ backbone output gets an inf at training forwards listed in $QGFACE_TEST_INJECT (
 import json
 import os
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -16,9 +15,7 @@ import torch
 from _proc import free_port, run_guarded
 from test_training import _config, data  # noqa: F401  (the module-scoped synthetic record set)
 
-ROOT = Path(__file__).resolve().parents[1]
-UPSTREAM = os.environ.get("ARCFACE_TORCH_ROOT")
-pytestmark = pytest.mark.skipif(not UPSTREAM, reason="ARCFACE_TORCH_ROOT not set: these tests train with arcface_torch")
+pytestmark = pytest.mark.upstream
 
 LAUNCHER = '''
 import os, sys

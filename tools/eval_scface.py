@@ -33,6 +33,7 @@ from pathlib import Path
 from qgface_plugin.eval import erc
 from qgface_plugin.eval.cli import (add_erc_flags, erc_options, evaluator_parser, run_evaluation, write_items,
                                     write_quality, write_report)
+from qgface_plugin.eval.identification import quality_markdown
 from qgface_plugin.eval.scface import PROTOCOLS, evaluate_scface, read_subjects
 
 
@@ -68,13 +69,7 @@ def markdown(res: dict, flip: str) -> str:
              "Rank-1 by camera", "", "| camera | d1 | d2 | d3 |", "|---|---|---|---|"]
     for cam, v in res["per_camera"].items():
         lines.append(f"| {cam} | " + " | ".join(_pct(v[k]) for k in ("d1", "d2", "d3")) + " |")
-    lines += ["", "Rank-1 by probe feature-norm bin (quality view)", "",
-              "| bin | probes | norm range | rank-1 |", "|---|---|---|---|"]
-    for b in res["quality_bins"]:
-        lines.append(f"| {b['bin']} | {b['count']} | {b['quality_min']:.3f}–{b['quality_max']:.3f} | "
-                     f"{100 * b['rank1']:.2f} |")
-    if res.get("erc"):
-        lines += ["", erc.markdown_note(res["erc"]), ""] + erc.markdown_table([("probes", res["erc"])])
+    lines += quality_markdown(res)
     return "\n".join(lines) + "\n"
 
 

@@ -28,6 +28,7 @@ from pathlib import Path
 from qgface_plugin.eval import erc
 from qgface_plugin.eval.cli import (add_erc_flags, erc_options, evaluator_parser, run_evaluation, write_items,
                                     write_quality, write_report)
+from qgface_plugin.eval.identification import quality_markdown
 from qgface_plugin.eval.tinyface import evaluate_tinyface
 
 
@@ -48,14 +49,8 @@ def markdown(res: dict, flip: str) -> str:
              f"Root: `{res['root']}` — {c['probes']} probes ({c['identities']} identities), gallery "
              f"{c['gallery_match']} match + {c['distractors']} distractors", "",
              "| " + " | ".join(n.replace("rank", "rank-") for n in names) + " |", "|---" * len(names) + "|",
-             "| " + " | ".join(f"{100 * res['cmc'][n]:.2f}" for n in names) + " |", "",
-             "Rank-1 by probe feature-norm bin (quality view)", "",
-             "| bin | probes | norm range | rank-1 |", "|---|---|---|---|"]
-    for b in res["quality_bins"]:
-        lines.append(f"| {b['bin']} | {b['count']} | {b['quality_min']:.3f}–{b['quality_max']:.3f} | "
-                     f"{100 * b['rank1']:.2f} |")
-    if res.get("erc"):
-        lines += ["", erc.markdown_note(res["erc"]), ""] + erc.markdown_table([("probes", res["erc"])])
+             "| " + " | ".join(f"{100 * res['cmc'][n]:.2f}" for n in names) + " |"]
+    lines += quality_markdown(res)
     return "\n".join(lines) + "\n"
 
 

@@ -17,10 +17,11 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import QGFaceInputError
+from . import erc as erc_mod
 from .features import l2_normalise
 from .quality_view import bin_rows
 
-__all__ = ["SCORE", "TIE_RULE", "probe_ranks", "cmc", "quality_bins"]
+__all__ = ["SCORE", "TIE_RULE", "probe_ranks", "cmc", "quality_bins", "quality_markdown"]
 
 SCORE = "cosine similarity (inner product of L2-normalised fused features)"
 TIE_RULE = ("pessimistic: rank = 1 + number of non-matching gallery images scoring >= the best correct "
@@ -89,3 +90,17 @@ def quality_bins(probe_norms, correct_rank1, bins=3) -> list:
     if len(norms) != len(ok):
         raise QGFaceInputError(f"quality_bins: {len(norms)} norms vs {len(ok)} rank-1 flags")
     return [{**row, "rank1": float(ok[idx].mean())} for row, idx in bin_rows(norms, bins, "quality_bins")]
+
+
+def quality_markdown(res: dict) -> list:
+    """The Markdown lines every identification report ends with: rank-1 by probe feature-norm bin
+    (``res["quality_bins"]``, from :func:`quality_bins`) and, when ``res`` has one, the error-versus-reject
+    note and table (``res["erc"]``)."""
+    lines = ["", "Rank-1 by probe feature-norm bin (quality view)", "",
+             "| bin | probes | norm range | rank-1 |", "|---|---|---|---|"]
+    for b in res["quality_bins"]:
+        lines.append(f"| {b['bin']} | {b['count']} | {b['quality_min']:.3f}–{b['quality_max']:.3f} | "
+                     f"{100 * b['rank1']:.2f} |")
+    if res.get("erc"):
+        lines += ["", erc_mod.markdown_note(res["erc"]), ""] + erc_mod.markdown_table([("probes", res["erc"])])
+    return lines

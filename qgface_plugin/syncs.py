@@ -25,7 +25,10 @@ What it counts (each becomes one :class:`SyncRecord`):
 
 Each record names the op, a short location (``file:line in function``) of the innermost caller
 outside torch, the phase (``forward``/``backward``), the autograd node for ops run by backward, and
-whether the op belongs to this package (:attr:`SyncRecord.in_plugin`). Ops that a built-in autograd
+whether the op belongs to this package (:attr:`SyncRecord.in_plugin`). Ops that the autograd engine's
+C++ hooks and callbacks run in backward with no Python frame of their own (DDP's reducer: 4 per step with
+``static_graph``) are recorded at :data:`ENGINE_CALLBACK`, not at the line that called ``backward()``, and
+are not this package's. Ops that a built-in autograd
 node runs in backward are attributed to the Python line that created the node in the forward
 (a ``TorchFunctionMode`` tags the nodes as they are made); ops of a custom
 ``autograd.Function.backward`` to that method's own line.
@@ -66,12 +69,14 @@ import torch
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
-__all__ = ["SyncRecord", "SyncLog", "count_host_syncs", "SYNC_OPS"]
+__all__ = ["SyncRecord", "SyncLog", "count_host_syncs", "SYNC_OPS", "ENGINE_CALLBACK"]
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 _TORCH_DIR = os.path.dirname(os.path.abspath(torch.__file__))
 _THIS_FILE = os.path.abspath(__file__)
 _TAG = "qgface_sync_where"
+#: ``SyncRecord.where`` of ops that a C++ hook or callback of the autograd engine runs (DDP's reducer).
+ENGINE_CALLBACK = "<autograd engine: C++ hook or callback, e.g. DDP's reducer>"
 
 #: Ops that always need a value on the host (by ``OpOverloadPacket`` name).
 SYNC_OPS = frozenset({
@@ -145,6 +150,23 @@ def _frame_location(skip_plugin_harness: bool = True):
     return "<unknown>", False
 
 
+def _engine_callback() -> bool:
+    """The op runs inside the autograd engine's ``run_backward`` with no Python frame of its own between: a
+    C++ hook or callback (DDP's reducer bookkeeping, for one), not code of the caller's. Python hooks and
+    custom ``Function.backward`` methods have their own frame, so they are not this."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        path = frame.f_code.co_filename
+        if not path.startswith("<"):
+            path = os.path.abspath(path)
+        if path != _THIS_FILE and not path.startswith(_TORCH_DIR + os.sep):
+            return False
+        if frame.f_code.co_name == "_engine_run_backward":
+            return True
+        frame = frame.f_back
+    return False
+
+
 def _is_bool_index(indices) -> bool:
     return any(isinstance(t, torch.Tensor) and t.dtype in (torch.bool, torch.uint8) for t in (indices or ()))
 
@@ -209,11 +231,15 @@ class _RecordSyncs(TorchDispatchMode):
         if detail is not None:
             node = torch._C._current_autograd_node()
             where, in_plugin = _frame_location()
+            phase = "forward" if node is None else "backward"
             if node is not None and not isinstance(node, torch.autograd.function.BackwardCFunction):
                 # a built-in node: its creator in the forward, not the line that called backward()
                 where, in_plugin = node.metadata.get(_TAG, (f"<autograd {node.name()}>", False))
+            elif node is None and _engine_callback():
+                # torch's own C++ work in backward (e.g. DDP's reducer), not the line that called backward()
+                where, in_plugin, phase = ENGINE_CALLBACK, False, "backward"
             self.log.append(SyncRecord(
-                op=str(func), where=where, phase="forward" if node is None else "backward",
+                op=str(func), where=where, phase=phase,
                 node=None if node is None else node.name(), in_plugin=in_plugin, detail=detail))
         return func(*args, **kwargs)
 

@@ -113,6 +113,36 @@ def test_harness_attributes_ops_to_the_plugin():
     assert syncs.plugin() == list(syncs)
 
 
+def _ddp_static_graph_step(log_hook=False):
+    """One forward/backward of a 1-process gloo DDP (static graph, as tools/train.py wraps the backbone)
+    inside the harness; with ``log_hook`` a Python gradient hook that reads a value (a real sync)."""
+    import torch.distributed as dist
+    from qgface_plugin.utils import free_port
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
+    try:
+        net = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(4, 2), static_graph=True)
+        net(torch.randn(8, 4)).sum().backward()                     # the first step builds the static graph
+        x = torch.randn(8, 4, requires_grad=True)
+        if log_hook:
+            x.register_hook(lambda g: g * g.sum().item())          # a Python hook: its own frame, this file
+        with count_host_syncs() as syncs:
+            net(x).sum().backward()
+        return syncs
+    finally:
+        dist.destroy_process_group()
+
+
+def test_harness_puts_ddp_reducer_reads_at_the_engine_not_at_the_backward_call():
+    from qgface_plugin.syncs import ENGINE_CALLBACK
+    syncs = _ddp_static_graph_step()
+    assert syncs, "DDP's static-graph reducer reads counters in backward (4 per step in torch 2.14)"
+    assert {(r.where, r.phase, r.in_plugin) for r in syncs} == {(ENGINE_CALLBACK, "backward", False)}, \
+        syncs.summary()
+    hooked = _ddp_static_graph_step(log_hook=True)
+    mine = [r for r in hooked if r.where != ENGINE_CALLBACK]
+    assert len(mine) == 1 and mine[0].where.startswith("test_syncs.py:"), hooked.summary()  # still seen, here
+
+
 def test_harness_catches_a_deliberate_item_in_a_custom_backward():
     class Sneaky(torch.autograd.Function):
         @staticmethod

@@ -132,21 +132,27 @@ class SyncLog(list):
         return "\n".join(str(r) for r in records) or "no host syncs"
 
 
-def _frame_location(skip_plugin_harness: bool = True):
-    """(where, in_plugin) of the innermost Python frame outside torch and this module."""
-    frame = sys._getframe(1)
+def _frames():
+    """(frame, absolute path, outside torch and this module) from the caller's caller outwards."""
+    frame = sys._getframe(2)
     while frame is not None:
         path = frame.f_code.co_filename
         if not path.startswith("<"):
             path = os.path.abspath(path)
-        if path != _THIS_FILE and not path.startswith(_TORCH_DIR + os.sep):
+        yield frame, path, path != _THIS_FILE and not path.startswith(_TORCH_DIR + os.sep)
+        frame = frame.f_back
+
+
+def _frame_location():
+    """(where, in_plugin) of the innermost Python frame outside torch and this module."""
+    for frame, path, outside in _frames():
+        if outside:
             in_plugin = path.startswith(_PACKAGE_DIR + os.sep)
             if in_plugin:
                 name = os.path.relpath(path, os.path.dirname(_PACKAGE_DIR)).replace(os.sep, "/")
             else:
                 name = os.path.basename(path)
             return f"{name}:{frame.f_lineno} in {frame.f_code.co_name}", in_plugin
-        frame = frame.f_back
     return "<unknown>", False
 
 
@@ -154,16 +160,11 @@ def _engine_callback() -> bool:
     """The op runs inside the autograd engine's ``run_backward`` with no Python frame of its own between: a
     C++ hook or callback (DDP's reducer bookkeeping, for one), not code of the caller's. Python hooks and
     custom ``Function.backward`` methods have their own frame, so they are not this."""
-    frame = sys._getframe(1)
-    while frame is not None:
-        path = frame.f_code.co_filename
-        if not path.startswith("<"):
-            path = os.path.abspath(path)
-        if path != _THIS_FILE and not path.startswith(_TORCH_DIR + os.sep):
+    for frame, _, outside in _frames():
+        if outside:
             return False
         if frame.f_code.co_name == "_engine_run_backward":
             return True
-        frame = frame.f_back
     return False
 
 

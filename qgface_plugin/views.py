@@ -29,6 +29,9 @@ Public API:
 * :class:`TwoViewTransform` -- ``img -> FloatTensor [2, 3, S, S]`` (H, L).
 * :class:`FlipTransform` -- ``img -> FloatTensor [3, S, S]``, the single-view
   (H view only) baseline with the same normalisation.
+* :class:`MixedViewTransform` -- ``img -> FloatTensor [3, S, S]``, the single-view
+  baseline that sees QGFace's degradation distribution: the L view with
+  probability ``lq_p`` (0.5 = QGFace's share of L rows), else the H view.
 * ``output="uint8"`` on either: CHW uint8 instead (4x less to collate, pin and
   copy), normalised later on the device by :func:`normalise_images` with the
   same operations, so the values are bitwise the same.
@@ -48,7 +51,7 @@ import torch
 from .degradation import apply_degradation, as_rgb_uint8, check_params, check_prob, check_seed, check_size
 from .errors import QGFaceConfigError
 
-__all__ = ["TwoViewTransform", "FlipTransform", "normalise_images", "normalise_array", "OUTPUTS"]
+__all__ = ["TwoViewTransform", "FlipTransform", "MixedViewTransform", "normalise_images", "normalise_array", "OUTPUTS"]
 
 #: what the transforms return: arcface_torch's normalised float32, or CHW uint8 for the device.
 OUTPUTS = ("float", "uint8")
@@ -304,4 +307,55 @@ class FlipTransform(_WorkerAwareRandom):
 
     def __repr__(self):
         return (f"{type(self).__name__}(size={self.size}, flip_p={self.flip_p}, "
+                f"seed={self._seed}, output={self.output!r})")
+
+
+class MixedViewTransform(_WorkerAwareRandom):
+    """Single view, H or L: ``img -> FloatTensor [3, size, size]``, for fair single-view baselines.
+
+    With probability ``lq_p`` the image's one view is QGFace's L view (:func:`apply_degradation`, with its
+    own flip), else its H view (flipped with probability ``flip_p``). With ``lq_p = 0.5`` a baseline sees the
+    degradation distribution QGFace trains on (half its forwarded rows are L views), one view per image.
+
+    Draws per call, from the same worker-aware generator as :class:`TwoViewTransform`: one uniform for the
+    choice (L when ``< lq_p``), then what that view draws in :class:`TwoViewTransform` (the H view: one
+    uniform for the flip; the L view: the degradation's draws). So with the same generator state after the
+    choice, the H / L output is bitwise :class:`TwoViewTransform`'s H / L view of that state; in particular
+    ``lq_p = 1`` with a seed gives, call for call, the L views of a :class:`TwoViewTransform` of that seed
+    (whose first draw is its H flip).
+
+    Args:
+        lq_p: probability of the L view.
+        others: as :class:`TwoViewTransform` (the L view's options, ``flip_p``, ``seed``, ``output``).
+    """
+
+    def __init__(self, *, lq_p=0.5, size=112, scale=(0.1, 0.5), jpeg_quality=75, crop_p=0.2,
+                 crop_scale=(0.8, 1.0), jitter_p=0.2, jitter=0.2, rotation_p=0.2,
+                 rotation_degrees=45.0, flip_p=0.5, seed=None, output="float"):
+        self.lq_p = check_prob("lq_p", lq_p)
+        self.output = _check_output(output)
+        self._params = check_params(check_size(size), scale, jpeg_quality, crop_p, crop_scale,
+                                     jitter_p, jitter, rotation_p, rotation_degrees, flip_p)
+        self.size, self.flip_p = self._params[0], self._params[-1]
+        super().__init__(seed)
+
+    @property
+    def seed(self):
+        """The explicit seed given to the constructor, or None."""
+        return self._seed
+
+    def __call__(self, img):
+        """One view of one image: ``[3, size, size]`` (the L view with probability ``lq_p``, else the H view)."""
+        rng = self._generator()
+        img = as_rgb_uint8(img, self.size)
+        if rng.random() < self.lq_p:
+            view = apply_degradation(img, rng, *self._params)
+        elif rng.random() < self.flip_p:
+            view = cv2.flip(img, 1)
+        else:
+            view = img
+        return _finish(view, self.output)
+
+    def __repr__(self):
+        return (f"{type(self).__name__}(lq_p={self.lq_p}, size={self.size}, params={self._params[1:]}, "
                 f"seed={self._seed}, output={self.output!r})")

@@ -13,6 +13,10 @@ config.loss = "qgface"                 # "qgface", or a single-view baseline: "a
 config.network = "r50"                 # any arcface_torch backbones.get_model name (r18, r50, mbf, ...)
 config.embedding_size = 512
 config.margin_list = (1.0, 0.5, 0.0)   # baselines: (1, m, 0) ArcFace, (1, 0, m) CosFace; s = 64
+config.view_mode = "flip"              # single-view losses only (QGFace always trains H + L): "flip" (the H view:
+                                       # flip only, upstream's) | "mixed" (the L view with probability view_lq_p, else
+                                       # the H view: QGFace's degradation distribution, one view per image; tools/train.py)
+config.view_lq_p = 0.5                 # view_mode="mixed": probability of the L view (0.5 = QGFace's share of L rows)
 
 # ---- data ------------------------------------------------------------------------------------
 config.rec = None                      # folder with train.rec/train.idx/property, or "synthetic"

@@ -389,3 +389,15 @@ def test_cli_workers_zero_renders_in_this_process(tmp_path, monkeypatch):
     assert cli.main(["--output", str(tmp_path / "default")]) == 2
     assert seen == [0, 3, os.cpu_count() or 1]
     assert "0 = none, render in this process" in " ".join(cli.build_parser().format_help().split())
+
+
+def test_render_workers_are_not_forked_from_the_caller():
+    # a forked child inherits the caller's OpenCV/torch thread-pool state: a full test run hung in the
+    # first cv2.GaussianBlur of such a child (tools/make_synthetic_data.py --workers 3 inside pytest)
+    from qgface_plugin.synthetic.training_set import _Mapper
+    mapper = _Mapper(1)
+    try:
+        assert mapper.pool._ctx.get_start_method() in ("forkserver", "spawn")
+        assert list(mapper(abs, [-1, 2, -3])) == [1, 2, 3]
+    finally:
+        mapper.close()

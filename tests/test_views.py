@@ -10,7 +10,7 @@ import torch
 
 from qgface_plugin import QGFaceConfigError, degradation
 from qgface_plugin.degradation import degrade, hflip
-from qgface_plugin.views import FlipTransform, TwoViewTransform
+from qgface_plugin.views import FlipTransform, MixedViewTransform, TwoViewTransform
 
 S = 112
 # L view switched off entirely: no downscale, no JPEG, no crop/jitter/rotation/flip.
@@ -410,7 +410,8 @@ def test_flip_transform_bad_arguments():
         FlipTransform(seed=-1)
 
 
-@pytest.mark.parametrize("make", [lambda **kw: TwoViewTransform(seed=5, **kw), lambda **kw: FlipTransform(seed=5, **kw)])
+@pytest.mark.parametrize("make", [lambda **kw: TwoViewTransform(seed=5, **kw), lambda **kw: FlipTransform(seed=5, **kw),
+                                  lambda **kw: MixedViewTransform(seed=5, **kw)])
 def test_uint8_output_normalised_on_the_device_equals_the_float_output_bitwise(make):
     from qgface_plugin.views import normalise_images
     rng = np.random.default_rng(0)
@@ -423,3 +424,56 @@ def test_uint8_output_normalised_on_the_device_equals_the_float_output_bitwise(m
     assert normalise_images(f) is f
     with pytest.raises(QGFaceConfigError, match="output must be one of"):
         make(output="half")
+
+
+# --------------------------------------------------------------------------- #
+# MixedViewTransform: one view, H or L (fair single-view baselines)
+# --------------------------------------------------------------------------- #
+@pytest.mark.parametrize("output", ["float", "uint8"])
+def test_mixed_l_views_are_the_two_view_transforms_l_views_bitwise(output):
+    # lq_p = 1: the choice draw takes the place of TwoViewTransform's H-flip draw, then the same L pipeline
+    mixed, two = MixedViewTransform(lq_p=1.0, seed=7, output=output), TwoViewTransform(seed=7, output=output)
+    for i in range(6):
+        img = _smooth(i)
+        m, t = mixed(img), two(img)
+        assert m.shape == t.shape[1:] and m.dtype == t.dtype
+        assert torch.equal(m, t[1]), i
+
+
+def test_mixed_h_views_follow_their_own_draws():
+    # lq_p = 0: draws are (choice, flip); the view is the image or its mirror by the second draw, exactly
+    mixed = MixedViewTransform(lq_p=0.0, flip_p=0.5, seed=3)
+    replay = np.random.default_rng([3, 0, 1])  # the seeded main-process stream (see _WorkerAwareRandom)
+    img = _asymmetric()
+    flips = 0
+    for _ in range(40):
+        assert replay.random() >= 0.0  # the choice
+        flipped = replay.random() < 0.5
+        flips += flipped
+        want = FlipTransform(flip_p=1.0 if flipped else 0.0)(img)
+        assert torch.equal(mixed(img), want)
+    assert 0 < flips < 40
+
+
+def test_mixed_proportion_of_l_views():
+    # an L view is neither the image nor its mirror (downscale + JPEG always change a noise image)
+    n, p = 400, 0.5
+    mixed = MixedViewTransform(lq_p=p, seed=11, output="uint8")
+    img = _noise(1)
+    h_views = {FlipTransform(flip_p=f, output="uint8")(img).numpy().tobytes() for f in (0.0, 1.0)}
+    lq = sum(mixed(img).numpy().tobytes() not in h_views for _ in range(n))
+    assert abs(lq - n * p) < 4 * math.sqrt(n * p * (1 - p)), lq
+    assert sum(MixedViewTransform(lq_p=0.0, seed=1, output="uint8")(img).numpy().tobytes() not in h_views
+               for _ in range(20)) == 0
+
+
+def test_mixed_pickled_copy_and_bad_arguments():
+    mixed = MixedViewTransform(lq_p=0.5, seed=2)
+    copy = pickle.loads(pickle.dumps(mixed))
+    img = _smooth(0)
+    assert torch.equal(torch.stack([mixed(img) for _ in range(4)]), torch.stack([copy(img) for _ in range(4)]))
+    assert "MixedViewTransform(lq_p=0.5" in repr(mixed) and mixed.seed == 2
+    with pytest.raises(ValueError, match=r"lq_p.*1\.5"):
+        MixedViewTransform(lq_p=1.5)
+    with pytest.raises(ValueError, match=r"scale.*\(0\.6, 0\.5\)"):
+        MixedViewTransform(scale=(0.6, 0.5))

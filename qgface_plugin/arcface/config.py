@@ -20,9 +20,10 @@ from easydict import EasyDict as edict
 from ..errors import QGFaceConfigError
 
 __all__ = ["load_config", "validate_config", "base_config", "derive", "config_dir", "available_configs", "parse_overrides",
-           "LOSSES", "REQUIRED_KEYS"]
+           "LOSSES", "VIEW_MODES", "REQUIRED_KEYS"]
 
 LOSSES = ("qgface", "arcface", "cosface")
+VIEW_MODES = ("flip", "mixed")  # config.view_mode: the single-view losses' one view
 REQUIRED_KEYS = ("rec", "num_classes", "num_image", "num_epoch")
 
 
@@ -133,6 +134,14 @@ def validate_config(cfg: dict, known: set[str] | None = None, own_loop: bool = T
         raise QGFaceConfigError(f"config.lr_steps must be epochs in (0, num_epoch], got {cfg['lr_steps']}")
     if cfg.get("record_reader", "auto") not in ("auto", "mxnet", "python"):
         raise QGFaceConfigError(f"config.record_reader must be 'auto', 'mxnet' or 'python', got {cfg['record_reader']!r}")
+    if cfg.get("view_mode", "flip") not in VIEW_MODES:
+        raise QGFaceConfigError(f"config.view_mode must be one of {VIEW_MODES}, got {cfg['view_mode']!r}")
+    lq_p = cfg.get("view_lq_p", 0.5)
+    if isinstance(lq_p, bool) or not isinstance(lq_p, (int, float)) or not 0.0 <= lq_p <= 1.0:
+        raise QGFaceConfigError(f"config.view_lq_p must be a probability in [0, 1], got {lq_p!r}")
+    if not own_loop and cfg.get("view_mode") == "mixed" and cfg["loss"] != "qgface":
+        raise QGFaceConfigError("config.view_mode='mixed' needs this package's training loop (tools/train.py); "
+                                "upstream's train_v2.py only flips")
     if cfg["optimizer"] not in ("sgd", "adamw"):
         raise QGFaceConfigError(f"config.optimizer must be 'sgd' or 'adamw', got {cfg['optimizer']!r}")
     if not 0.0 <= float(cfg["sample_rate"]) <= 1.0:

@@ -2,7 +2,8 @@
 
 :func:`build_loader` picks the dataset (:func:`record_dataset`: arcface_torch's ``MXFaceDataset`` or this
 package's mxnet-free reader, checked first by :func:`~qgface_plugin.arcface.records.check_record_dataset`;
-or :class:`SyntheticImages`), gives it QGFace's two-view transform (a flip for the baselines), and wraps
+or :class:`SyntheticImages`), gives it QGFace's two-view transform (for the single-view baselines a flip, or with
+``view_mode = "mixed"`` the H or the L view, :class:`~qgface_plugin.views.MixedViewTransform`), and wraps
 it in a ``DataLoader`` with a distributed sampler. :class:`~qgface_plugin.arcface.device_data.DeviceBatches`
 takes the batches from there to the device.
 """
@@ -12,7 +13,7 @@ import numpy as np
 import torch
 
 from ..errors import QGFaceConfigError
-from ..views import FlipTransform
+from ..views import FlipTransform, MixedViewTransform
 from .factory import two_view_transform
 from .records import check_record_dataset
 
@@ -62,13 +63,22 @@ def build_loader(cfg, ns, rank, world, device):
     """DataLoader over the record set (two views for QGFace; uint8 with ``loader_uint8``) with a distributed sampler."""
     # uint8 batches normalised on the device (DeviceBatches), or arcface_torch's float pipeline
     output = "uint8" if cfg.loader_uint8 else "float"
-    transform = two_view_transform(cfg, output=output) if cfg.loss == "qgface" else FlipTransform(output=output)
+    mixed = cfg.loss != "qgface" and cfg.get("view_mode", "flip") == "mixed"
+    if cfg.loss == "qgface":
+        transform = two_view_transform(cfg, output=output)
+    elif mixed:  # one view per image, H or L: QGFace's degradation distribution for a single-view loss
+        transform = MixedViewTransform(
+            lq_p=cfg.view_lq_p, scale=tuple(cfg.qgface_view_scale), jpeg_quality=cfg.qgface_view_jpeg_quality,
+            crop_p=cfg.qgface_view_crop_p, jitter_p=cfg.qgface_view_jitter_p,
+            rotation_p=cfg.qgface_view_rotation_p, output=output)
+    else:
+        transform = FlipTransform(output=output)
     if cfg.rec == "synthetic":
         dataset = SyntheticImages(cfg.num_image, cfg.num_classes, transform, seed=cfg.seed)
     else:
         check_record_dataset(cfg.rec, cfg.num_classes)
         dataset = record_dataset(cfg, ns, rank)
-        if cfg.loss == "qgface" or cfg.loader_uint8:  # else upstream's own flip + normalise
+        if cfg.loss == "qgface" or mixed or cfg.loader_uint8:  # else upstream's own flip + normalise
             dataset.transform = transform
     sampler = torch.utils.data.DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True,
                                                   seed=cfg.seed)

@@ -115,8 +115,13 @@ def train_step(images, labels, *, cfg, step, steps_per_epoch, backbone, pfc, cri
     return stats
 
 
-def train(cfg, root: str | None = None) -> dict:
-    """Train with a loaded config (see :func:`qgface_plugin.arcface.config.load_config`); returns the summary."""
+def train(cfg, root: str | None = None, on_log=None) -> dict:
+    """Train with a loaded config (see :func:`qgface_plugin.arcface.config.load_config`); returns the summary.
+
+    ``on_log(step, backbone)``, when given, is called on rank 0 at every logging step (``step % frequent == 0``)
+    and after the last step, with the 1-based step count and the backbone module (unwrapped from DDP, in
+    training mode: a callback that evaluates must switch it to eval and back, and must not use collectives).
+    Its time counts in the run's wall time; ``None`` costs nothing."""
     rank, local_rank, world, device = setup_distributed()
     ns = upstream_mod.load(root)
     if device.type != "cuda" and cfg.fp16:
@@ -179,6 +184,8 @@ def train(cfg, root: str | None = None) -> dict:
             sched.step()
             step += 1
             progress.step(step, epoch, stats, opt.param_groups[0]["lr"], nonfinite.total, data_wait)
+            if on_log is not None and rank == 0 and (step % cfg.frequent == 0 or step == total_step):
+                on_log(step, backbone.module)
             t_wait = time.perf_counter()
             if val_sets and step % cfg.verbose == 0:
                 val_results = verify_and_log(val_sets, ns, backbone, device, writer, step)

@@ -5,7 +5,8 @@ Every identity and every image has a random stream of its own, keyed by ``(seed,
 identities of a 100-identity set with the same seed, and the files are byte-identical for any number of
 workers. The purposes (one home, so no two generators share one): 1..13 the training set and its ``.bin``
 sets (:mod:`.training_set`), 31..36 IJB (:mod:`.ijb`, :mod:`.benchmarks`), 41..44 TinyFace
-(:mod:`.tinyface`), 51..53 SCface (:mod:`.scface`). numpy only.
+(:mod:`.tinyface`), 51..53 SCface (:mod:`.scface`); 61..62 the study's LQ–LQ pairs and probe set
+(:mod:`qgface_plugin.study.data`). numpy only.
 """
 import functools
 

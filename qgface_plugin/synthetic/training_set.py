@@ -110,14 +110,20 @@ def _val_pair_images(task):
 
 
 class _Mapper:
-    """Ordered map, in this process or in a pool of forked workers (the output is the same)."""
+    """Ordered map, in this process or in a pool of worker processes (the output is the same).
+
+    The workers start from a fork server (a fresh single-threaded process), not by forking the caller: a
+    caller that has used OpenCV's or torch's thread pools (a test run, a training script) would hand a
+    forked child their locked state, and the child's first ``cv2.GaussianBlur`` would wait forever.
+    """
 
     def __init__(self, workers):
         self.pool = None
         if workers >= 1:
             import multiprocessing
 
-            self.pool = multiprocessing.get_context("fork").Pool(workers)
+            method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+            self.pool = multiprocessing.get_context(method).Pool(workers)
 
     def __call__(self, fn, tasks, chunksize=1):
         if self.pool is None:
@@ -170,8 +176,9 @@ def make_dataset(out_dir, num_identities=100, images_per_identity=20, lq_fractio
         seed: int seed; the output is byte-identical for the same arguments.
         size: image side (112 for arcface_torch).
         progress: optional callable ``(stage: str, done: int, total: int)``.
-        workers: worker processes that render (``fork``ed); 0 = none, render in this process. The
-            files are byte-identical for any number of workers.
+        workers: worker processes that render (started from a fork server, so a script that passes
+            ``workers >= 1`` calls this under ``if __name__ == "__main__":``, as any multiprocessing code);
+            0 = none, render in this process. The files are byte-identical for any number of workers.
 
     Returns:
         The summary dict also written to ``dataset.json``.

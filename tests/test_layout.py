@@ -26,7 +26,7 @@ MAY_IMPORT = {
     "arcface": {"core", "formats", "arcface"},
     "export": {"core", "arcface"},
     "eval": {"core", "formats", "arcface", "export", "eval"},
-    "synthetic": {"core", "formats", "eval", "synthetic"},
+    "synthetic": {"core", "formats", "synthetic"},
     "study": {"core", "formats", "arcface", "export", "eval", "synthetic", "study"},
 }
 LAYERS = set(MAY_IMPORT) - {"core", "export"}

@@ -43,7 +43,8 @@ def load_verification_sets(cfg, ns) -> dict:
         path = Path(cfg.rec) / f"{name}.bin"
         if not path.is_file():
             raise QGFaceInputError(f"verification set {path} (config.val_targets) does not exist")
-        sets[name] = ns.verification.load_bin(str(path), (112, 112))
+        with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):  # its per-flip shape lines
+            sets[name] = ns.verification.load_bin(str(path), (112, 112))
     return sets
 
 

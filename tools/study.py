@@ -4,7 +4,7 @@
     python tools/study.py --profile cpu --arms qgface,adaface,arcface --seeds 2 --output work_dirs/study
     python tools/study.py --arms paper --seeds 3 --output work_dirs/study_paper
     python tools/study.py --arms qgface,my_b:qgface_demo_cpu+qgface_threshold=0.3 --output work_dirs/study_b
-    python tools/study.py --quick --output /tmp/study_quick          # a tiny study, seconds
+    python tools/study.py --quick --output work_dirs/study_quick    # a tiny study, seconds
 
 Arms (qgface_plugin.study.arms): shipped names (qgface, adaface, arcface, arcface_flip, qgface_noproxy,
 qgface_inbatch, qgface_b0.1, qgface_b0.2, qgface_b0.3), the set "paper" (all of them), or config specs

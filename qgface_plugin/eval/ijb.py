@@ -30,7 +30,7 @@ from .features import l2_normalise
 from .quality_view import bin_rows
 from .roc import FAR_DECADES, far_key, tar_at_far
 
-__all__ = ["DEFAULT_FARS", "DEFAULT_ERC_FAR", "meta_paths", "read_meta", "read_pairs", "template_features",
+__all__ = ["DEFAULT_FARS", "DEFAULT_ERC_FAR", "read_meta", "read_pairs", "template_features",
            "pair_scores", "template_quality", "pair_min_template_quality", "quality_tar", "evaluate_ijb"]
 
 DEFAULT_FARS = FAR_DECADES  # the FARs the TAR is read at

@@ -160,6 +160,17 @@ class _WorkerAwareRandom:
         self._rng = np.random.default_rng([self._seed if self._seed is not None else 0, int(entropy), 2])
         self._rng_key = (os.getpid(), None)
 
+    def seed_sample(self, entropy) -> None:
+        """Draw the next image's augmentation from ``default_rng([seed, *entropy, 3])`` (in this process).
+
+        The training loop's :class:`~qgface_plugin.arcface.loader.SampleSeeded` calls it with
+        ``(epoch, index)`` before each image, so an image's views depend on the seed, the epoch and its
+        index alone: not on the worker that draws it, the number of workers, or where a resumed run starts.
+        """
+        self._rng = np.random.default_rng([self._seed if self._seed is not None else 0, *map(int, entropy), 3])
+        info = torch.utils.data.get_worker_info()
+        self._rng_key = (os.getpid(), None if info is None else info.seed)
+
     def __getstate__(self):
         state = self.__dict__.copy()
         state["_rng"] = None  # always rebuilt from the key in the new process

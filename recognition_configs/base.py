@@ -54,9 +54,15 @@ config.interclass_filtering_threshold = 0   # baselines only (upstream CombinedM
 
 # ---- run control -----------------------------------------------------------------------------
 config.output = None                   # default: work_dirs/<config name>
-config.resume = False                  # continue from <output>/checkpoint_gpu_<rank>.pt
-config.save_all_states = True          # write full-state checkpoints each epoch (needed to resume)
+config.resume = False                  # True: continue from the newest checkpoint in `output` that every rank has
+                                       # (at its exact step); "auto": the same if there is one, else start; a
+                                       # torchrun restart (--max-restarts) always resumes as "auto"
+config.resume_check_config = True      # refuse a checkpoint written with another config (False: continue anyway)
+config.save_all_states = True          # write full-state checkpoints at each epoch end: checkpoint_gpu_<rank>.pt
+config.save_every_steps = 0            # also every N steps: checkpoint_step<N>_gpu_<rank>.pt (0 = epoch ends only)
+config.keep_checkpoints = 2            # step checkpoints kept (older ones, and all at an epoch end, are deleted)
 config.stop_after_epoch = None         # end this run after that many epochs (time-boxed jobs; resume continues)
+config.stop_after_steps = None         # end this run after that many steps, with a step checkpoint (resume continues)
 config.verbose = 2000                  # run .bin verification every `verbose` steps (and at the end)
 config.frequent = 10                   # progress line / tensorboard scalars every `frequent` steps
 

@@ -132,6 +132,7 @@ def validate_config(cfg: dict, known: set[str] | None = None, own_loop: bool = T
         raise QGFaceConfigError(f"config.lr_schedule must be 'polynomial' or 'step', got {cfg['lr_schedule']!r}")
     if cfg.get("lr_schedule") == "step" and any(not 0 < e <= cfg["num_epoch"] for e in cfg.get("lr_steps", [])):
         raise QGFaceConfigError(f"config.lr_steps must be epochs in (0, num_epoch], got {cfg['lr_steps']}")
+    _check_run_control(cfg)
     if cfg.get("record_reader", "auto") not in ("auto", "mxnet", "python"):
         raise QGFaceConfigError(f"config.record_reader must be 'auto', 'mxnet' or 'python', got {cfg['record_reader']!r}")
     if cfg.get("view_mode", "flip") not in VIEW_MODES:
@@ -156,6 +157,20 @@ def validate_config(cfg: dict, known: set[str] | None = None, own_loop: bool = T
         raise QGFaceConfigError(f"config.num_image={cfg['num_image']} is smaller than batch_size={cfg['batch_size']}: "
                                 "no full batch per epoch")
     return cfg
+
+
+def _check_run_control(cfg: dict) -> None:
+    """resume, save_every_steps, keep_checkpoints, stop_after_steps."""
+    if cfg.get("resume", False) not in (False, True, "auto"):
+        raise QGFaceConfigError(f"config.resume must be False, True or 'auto', got {cfg['resume']!r}")
+    for key, low, none_ok in (("save_every_steps", 0, False), ("keep_checkpoints", 1, False),
+                              ("stop_after_steps", 1, True), ("stop_after_epoch", 1, True)):
+        value = cfg.get(key)
+        if value is None and (none_ok or key not in cfg):
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise QGFaceConfigError(f"config.{key} must be an integer >= {low}{' or None' if none_ok else ''}, "
+                                    f"got {value!r}")
 
 
 def parse_overrides(items: Iterable[str]) -> dict:

@@ -6,6 +6,12 @@ or :class:`SyntheticImages`), gives it QGFace's two-view transform (for the sing
 ``view_mode = "mixed"`` the H or the L view, :class:`~qgface_plugin.views.MixedViewTransform`), and wraps
 it in a ``DataLoader`` with a distributed sampler. :class:`~qgface_plugin.arcface.device_data.DeviceBatches`
 takes the batches from there to the device.
+
+Data order and augmentation are functions of ``(config.seed, epoch, index)`` alone, so a run resumed
+mid-epoch replays exactly the batches the interrupted run had left, whatever ``num_workers`` is:
+:class:`ResumableSampler` is the distributed sampler's order (seed + epoch) from a given position on, and
+:class:`SampleSeeded` seeds each image's augmentation (QGFace's transforms through ``seed_sample``, and
+anything that draws from torch's global RNG, such as upstream's flip) from its epoch and index.
 """
 from __future__ import annotations
 
@@ -17,7 +23,69 @@ from ..views import FlipTransform, MixedViewTransform
 from .factory import two_view_transform
 from .records import check_record_dataset
 
-__all__ = ["SyntheticImages", "record_dataset", "build_loader"]
+__all__ = ["SyntheticImages", "SampleSeeded", "ResumableSampler", "record_dataset", "build_loader"]
+
+
+class SampleSeeded(torch.utils.data.Dataset):
+    """``dataset`` with each item's randomness drawn from ``(seed, epoch, index)``.
+
+    Before ``dataset[i]`` the transform's generator is seeded (``seed_sample((epoch, i))`` where the
+    transform has one) and torch's global RNG is forked and seeded from the same key, so the item does
+    not depend on which process draws it or what was drawn before, and the caller's RNG stream is left
+    as it was. :meth:`set_epoch` is called before each epoch's iterator is created (workers copy the
+    dataset then; ``persistent_workers`` must be off).
+    """
+
+    def __init__(self, dataset, seed: int):
+        self.dataset, self.seed, self.epoch = dataset, int(seed), 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getattr__(self, name):  # the wrapped set's attributes (transform, ...), as before wrapping
+        if name == "dataset":
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
+
+    def __getitem__(self, index):
+        key = (self.epoch, int(index))
+        transform = getattr(self.dataset, "transform", None)
+        if hasattr(transform, "seed_sample"):
+            transform.seed_sample(key)
+        torch_seed = int(np.random.SeedSequence([self.seed, *key, 4]).generate_state(1, np.uint64)[0]) >> 1
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(torch_seed)
+            return self.dataset[index]
+
+
+class ResumableSampler(torch.utils.data.DistributedSampler):
+    """``DistributedSampler`` (the same order for a seed and an epoch) that can begin an epoch part-way.
+
+    :meth:`start_at` skips this rank's first indices of the current epoch (a resumed run);
+    :meth:`set_epoch` begins the next epoch from its first index again.
+    """
+
+    start = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        super().set_epoch(epoch)
+        self.start = 0
+
+    def start_at(self, position: int) -> None:
+        """Begin the current epoch at this rank's ``position``-th index (a resumed run: batches × batch size)."""
+        if not 0 <= position <= self.num_samples:
+            raise ValueError(f"position {position} is outside this rank's {self.num_samples} indices")
+        self.start = int(position)
+
+    def __iter__(self):
+        indices = list(super().__iter__())
+        return iter(indices[self.start:])
+
+    def __len__(self):
+        return self.num_samples - self.start
 
 
 class SyntheticImages(torch.utils.data.Dataset):
@@ -80,8 +148,8 @@ def build_loader(cfg, ns, rank, world, device):
         dataset = record_dataset(cfg, ns, rank)
         if cfg.loss == "qgface" or mixed or cfg.loader_uint8:  # else upstream's own flip + normalise
             dataset.transform = transform
-    sampler = torch.utils.data.DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True,
-                                                  seed=cfg.seed)
+    dataset = SampleSeeded(dataset, cfg.seed)
+    sampler = ResumableSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed)
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers,
         pin_memory=device.type == "cuda", drop_last=True, persistent_workers=False)

@@ -53,6 +53,13 @@ class NonFiniteSteps:
                 f"{self.steps[0]}); lower config.lr, raise config.warmup_epoch, check the data, or "
                 "raise config.max_nonfinite_steps. The last epoch's checkpoint is intact.")
 
+    def state_dict(self) -> dict:
+        """The counters, for a checkpoint."""
+        return {"consecutive": self.consecutive, "total": self.total, "steps": list(self.steps)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.consecutive, self.total, self.steps = int(state["consecutive"]), int(state["total"]), list(state["steps"])
+
     def summary(self) -> dict:
         return {"skipped": self.total, "steps": list(self.steps), "limit": self.limit}
 

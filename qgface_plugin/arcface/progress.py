@@ -45,6 +45,11 @@ class Progress:
         self.images_per_step, self.writer, self.qgface = images_per_step, writer, qgface
         self.history, self.rates, self.step_times, self.data_waits, self.last = [], [], [], [], {}
         self._t_window, self._steps_window, self._wait_window = time.time(), 0, 0.0
+        self.start_step = 0
+
+    def resume_at(self, step: int, history) -> None:
+        """A resumed run: continue the history (rank 0's, from the checkpoint) after ``step`` steps."""
+        self.start_step, self.history = int(step), [dict(h) for h in history]
 
     def step(self, step: int, epoch: int, stats: dict | None, lr: float, skipped_total: int = 0,
              data_wait: float = 0.0) -> None:
@@ -58,7 +63,7 @@ class Progress:
         now = time.time()
         elapsed = max(now - self._t_window, 1e-9)
         rate = self._steps_window * self.images_per_step / elapsed
-        if step > self.frequent:  # the first window includes start-up
+        if step > self.start_step + self.frequent:  # the first window includes start-up
             self.rates.append(rate)
             self.step_times.append(elapsed / self._steps_window)
             self.data_waits.append(self._wait_window / self._steps_window)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -28,7 +29,7 @@ from . import checkout, cpu_shim, upstream as upstream_mod
 from .backbone import build_backbone
 from .. import cli
 from ..errors import QGFaceConfigError, QGFaceInputError, QGFaceNonFiniteError
-from .checkpoint import load_checkpoint, save_checkpoint, save_model
+from .checkpoint import restore, save_model
 from .config import load_config, parse_overrides
 from .device_data import DeviceBatches, stack_views
 from .factory import qgface_loss, qgface_margin, threshold_at_step
@@ -37,6 +38,7 @@ from .loader import build_loader
 from .optim_step import NonFiniteSteps, optimizer_step
 from .partial_fc import qgface_partial_fc
 from .progress import Progress, peak_memory
+from .resume import Checkpointer, check_fresh_start, clean_partial_writes, find_resume_state
 from .validation import load_verification_sets, verify_and_log
 
 __all__ = ["train", "train_step", "build_training", "build_scheduler", "build_parser", "main"]
@@ -115,6 +117,40 @@ def train_step(images, labels, *, cfg, step, steps_per_epoch, backbone, pfc, cri
     return stats
 
 
+def _start(cfg, rank, device, parts, steps_per_epoch, total_step, nonfinite, progress):
+    """Where this run starts, ``(epoch, batch, step, common step checkpoints)``: the newest checkpoint that
+    every rank has when resuming (``config.resume``: True, or "auto" = if there is one; a torchrun restart
+    resumes as "auto"), else ``(0, 0, 0, [])``."""
+    clean_partial_writes(cfg.output, rank)
+    resume = cfg.resume
+    restarts = int(os.environ.get("TORCHELASTIC_RESTART_COUNT") or 0)
+    if restarts and not resume:
+        resume = "auto"
+        if rank == 0:
+            print(f"qgface: torchrun restart {restarts}: resuming from the newest checkpoint", file=sys.stderr)
+    if not resume:
+        check_fresh_start(cfg.output, rank)
+        return 0, 0, 0, []
+    found = find_resume_state(cfg, rank, device, steps_per_epoch, total_step)
+    if found is None:
+        if resume == "auto":
+            if rank == 0:
+                print(f"qgface: resume='auto': no checkpoint in {cfg.output} yet; starting at step 0", file=sys.stderr)
+            return 0, 0, 0, []
+        raise QGFaceInputError(
+            f"config.resume is set but {cfg.output} holds no checkpoint (checkpoint_gpu_<rank>.pt at epoch ends, "
+            "with save_all_states; checkpoint_step<N>_gpu_<rank>.pt every save_every_steps)")
+    state, common = found
+    epoch, batch, step = restore(state, parts)
+    extra = state.get("extra") or {}
+    if "nonfinite" in extra:
+        nonfinite.load_state_dict(extra["nonfinite"])
+    progress.resume_at(step, extra.get("history", []))
+    if rank == 0:
+        print(f"qgface: resuming at step {step} (epoch {epoch + 1}, batch {batch})", file=sys.stderr, flush=True)
+    return epoch, batch, step, common
+
+
 def train(cfg, root: str | None = None, on_log=None) -> dict:
     """Train with a loaded config (see :func:`qgface_plugin.arcface.config.load_config`); returns the summary.
 
@@ -152,47 +188,60 @@ def train(cfg, root: str | None = None, on_log=None) -> dict:
     amp = cfg.fp16 and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", growth_interval=100, enabled=amp)
 
-    start_epoch, step = 0, 0
-    if cfg.resume:
-        start_epoch, step = load_checkpoint(cfg, rank, world, device, backbone, pfc, criterion, opt, sched, scaler)
+    parts = (backbone, pfc, criterion, opt, sched, scaler)
+    nonfinite = NonFiniteSteps(cfg.max_nonfinite_steps)
+    progress = Progress(rank, total_step, cfg.num_epoch, cfg.frequent, images_per_step, None,
+                        qgface=criterion is not None)
+    start_epoch, start_batch, step, confirmed = _start(cfg, rank, device, parts, steps_per_epoch, total_step,
+                                                       nonfinite, progress)
+    checkpointer = Checkpointer(cfg, rank, world, parts, confirmed)
     val_sets = load_verification_sets(cfg, ns) if rank == 0 else {}
     writer = None
     if rank == 0:
         from tensorboardX import SummaryWriter
-        writer = SummaryWriter(str(output / "tensorboard"))
+        writer = progress.writer = SummaryWriter(str(output / "tensorboard"))
 
-    nonfinite = NonFiniteSteps(cfg.max_nonfinite_steps)
-    progress = Progress(rank, total_step, cfg.num_epoch, cfg.frequent, images_per_step, writer,
-                        qgface=criterion is not None)
     step_parts = dict(cfg=cfg, steps_per_epoch=steps_per_epoch, backbone=backbone, pfc=pfc, criterion=criterion,
                       opt=opt, scaler=scaler, nonfinite=nonfinite, rank=rank,
                       pfc_guard=cpu_shim.partial_fc_cpu_shim if device.type != "cuda" else contextlib.nullcontext)
     val_results, stats = {}, None
     t_start = time.time()
     end_epoch = min(cfg.num_epoch, cfg.stop_after_epoch or cfg.num_epoch)
-    transform = getattr(loader.dataset, "transform", None)
+    stop_step = min(total_step, cfg.stop_after_steps or total_step)
+
+    def extra():
+        return {"nonfinite": nonfinite.state_dict(), "history": progress.history}
+
     for epoch in range(start_epoch, end_epoch):
+        if step >= stop_step:
+            break
         loader.sampler.set_epoch(epoch)
-        if hasattr(transform, "reseed"):  # main-process augmentation stream follows the (checkpointed) torch RNG
-            transform.reseed(int(torch.randint(2 ** 62, (1,))))
+        loader.dataset.set_epoch(epoch)
+        batch = start_batch if epoch == start_epoch else 0
+        loader.sampler.start_at(batch * cfg.batch_size)
+        epoch_batches = batch + len(loader)
         batch_iter, t_wait = iter(batches), time.perf_counter()
         for images, labels in batch_iter:
             data_wait = time.perf_counter() - t_wait
-            if step >= total_step:
-                break
             stats = train_step(images, labels, step=step, **step_parts)
             sched.step()
-            step += 1
+            step, batch = step + 1, batch + 1
             progress.step(step, epoch, stats, opt.param_groups[0]["lr"], nonfinite.total, data_wait)
             if on_log is not None and rank == 0 and (step % cfg.frequent == 0 or step == total_step):
                 on_log(step, backbone.module)
-            t_wait = time.perf_counter()
             if val_sets and step % cfg.verbose == 0:
                 val_results = verify_and_log(val_sets, ns, backbone, device, writer, step)
             if cfg.verbose and step % cfg.verbose == 0:
                 dist.barrier()
-        if cfg.save_all_states:
-            save_checkpoint(cfg, rank, world, epoch + 1, step, backbone, pfc, criterion, opt, sched, scaler)
+            stop = step >= stop_step
+            if batch < epoch_batches and (checkpointer.due(step, batch, epoch_batches) or stop):
+                checkpointer.save((epoch, batch, step), extra(), epoch_end=False)  # a stop part-way: resumable
+            if stop:
+                break
+            t_wait = time.perf_counter()
+        if batch >= epoch_batches or step >= total_step:  # the epoch ended (not a stop part-way)
+            if cfg.save_all_states:
+                checkpointer.save((epoch + 1, 0, step), extra(), epoch_end=True)
         if rank == 0:
             save_model(backbone, output)
         dist.barrier()
@@ -207,7 +256,7 @@ def train(cfg, root: str | None = None, on_log=None) -> dict:
         "rows_per_step": images_per_step * (2 if criterion is not None else 1),
         **peak_memory(device), "wall_s": round(time.time() - t_start, 1),
         "verification": val_results, "model": str(output / "model.pt"), "output": str(output),
-        "nonfinite_steps": nonfinite.summary(), "grad_scale": scaler.get_scale() if amp else None,
+        "nonfinite_steps": nonfinite.summary(), "failed_checkpoints": checkpointer.failed, "grad_scale": scaler.get_scale() if amp else None,
         "history": progress.history,
     }
     if rank == 0:
@@ -235,7 +284,7 @@ def build_parser():
 
 def main(argv=None) -> int:
     """``tools/train.py``: exit 0 when trained, 2 for a bad config or bad data, 1 when training diverged."""
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_intermixed_args(argv)  # key=value overrides may follow the options
     try:
         overrides = parse_overrides(args.overrides)
         if args.output:

@@ -150,16 +150,6 @@ class _WorkerAwareRandom:
             entropy = [self._seed, 0, 1, pid]
         return np.random.default_rng(entropy)
 
-    def reseed(self, entropy: int) -> None:
-        """Restart the main-process stream from ``entropy`` (e.g. drawn from torch's RNG each epoch).
-
-        DataLoader workers are unaffected: they always re-seed from their worker seed. With
-        ``num_workers=0`` this makes the augmentation stream a function of the torch RNG state, so
-        a resumed run (which restores that state) replays it exactly.
-        """
-        self._rng = np.random.default_rng([self._seed if self._seed is not None else 0, int(entropy), 2])
-        self._rng_key = (os.getpid(), None)
-
     def seed_sample(self, entropy) -> None:
         """Draw the next image's augmentation from ``default_rng([seed, *entropy, 3])`` (in this process).
 

@@ -15,7 +15,7 @@ Training on it (``tools/train.py``):
 * :mod:`.partial_fc` -- QGFace's HQ classifier on upstream's ``PartialFC_V2``;
 * :mod:`.training` -- the loop (``train_step``, ``train``), with :mod:`.launch` (process group, DDP),
   :mod:`.loader` (datasets), :mod:`.device_data` (host -> device), :mod:`.optim_step` (GradScaler rule),
-  :mod:`.checkpoint`, :mod:`.validation` (``.bin`` checks), :mod:`.progress` and :mod:`.records`
+  :mod:`.checkpoint`, :mod:`.resume` (which checkpoint to continue from, which to keep), :mod:`.validation` (``.bin`` checks), :mod:`.progress` and :mod:`.records`
   (record-folder checks);
 * :mod:`.hooks` -- what upstream's own ``train_v2.py`` calls once ``patches/0002`` is applied.
 """

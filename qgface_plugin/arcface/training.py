@@ -4,8 +4,9 @@ One loop for every ``config.loss``: arcface_torch's record set with QGFace's two
 (:mod:`.loader`), ``backbones.get_model`` (:mod:`.backbone`), ``PartialFC_V2`` (QGFace subclass, :mod:`.partial_fc`), its
 warm-up/polynomial LR schedule and ``.bin`` verification (:mod:`.validation`); torch DDP on NCCL (GPU) or
 gloo (CPU) (:mod:`.launch`); ``torch.amp`` fp16 with a GradScaler and a skip of non-finite steps on every
-rank (:mod:`.optim_step`); per-rank full-state checkpoints written atomically and ``model.pt`` in
-arcface_torch's key layout (:mod:`.checkpoint`); tensorboardX scalars and a progress line with ETA
+rank (:mod:`.optim_step`); per-rank full-state checkpoints at epoch ends and every ``save_every_steps``,
+written atomically, and ``model.pt`` in arcface_torch's key layout (:mod:`.checkpoint`); resuming at the
+exact step from the newest checkpoint every rank has, also after a torchrun restart (:mod:`.resume`); tensorboardX scalars and a progress line with ETA
 (:mod:`.progress`); ``summary.json``. This module holds what ties them together: the run's parts
 (:func:`build_training`, :func:`build_scheduler`), one step (:func:`train_step`), the loop (:func:`train`)
 and the command line (:func:`main`, ``tools/train.py``).

@@ -29,9 +29,21 @@ def keep_torch_threads():
 
 
 def import_mxnet():
-    """``import mxnet`` without losing torch's thread count (see :func:`keep_torch_threads`)."""
+    """``import mxnet`` without losing torch's thread count (see :func:`keep_torch_threads`).
+
+    Raises:
+        ImportError: mxnet is not installed, or it is installed but fails to load (e.g. mxnet 1.9.1 on
+            numpy >= 1.24: an AttributeError at import; the original error is the ``__cause__``), so callers
+            that fall back to the mxnet-free code catch one exception type.
+    """
     with keep_torch_threads():
-        import mxnet
+        try:
+            import mxnet
+        except ImportError:
+            raise
+        except Exception as e:  # an installed mxnet that cannot load: numpy aliases, missing shared libraries
+            raise ImportError(f"mxnet is installed but fails to load ({type(e).__name__}: {e}); the pinned "
+                              "profile with mxnet is requirements.txt (numpy 1.23.5)", name="mxnet") from e
     return mxnet
 
 

@@ -114,13 +114,8 @@ def record_dataset(cfg, ns, rank):
     package's mxnet-free :class:`~qgface_plugin.formats.record_dataset.RecordDataset` (``"python"``: same order,
     labels and pixels); ``"auto"`` takes mxnet's when it imports."""
     reader = cfg.record_reader
-    if reader == "auto":
-        try:
-            from ..utils import import_mxnet
-            import_mxnet()
-            reader = "mxnet"
-        except ImportError:
-            reader = "python"
+    if reader == "auto":  # the decision upstream.load() made for this process
+        reader = "python" if getattr(ns, "mxnet_missing", None) else "mxnet"
     if reader == "mxnet":
         return ns.MXFaceDataset(root_dir=cfg.rec, local_rank=rank)
     from ..formats.record_dataset import RecordDataset

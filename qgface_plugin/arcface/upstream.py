@@ -10,6 +10,13 @@ Upstream's modules have flat, generic top-level names (``utils``, ``eval``, ``da
 front of ``sys.path``; :func:`load` refuses to go on if a module of one of those names was already imported
 from somewhere else (:class:`UpstreamConflictError`), or if a package upstream imports is missing
 (:class:`UpstreamDependencyError`). ``train_v2`` is never imported (it initialises NCCL at import time).
+
+mxnet is optional: where it cannot be imported (not installed, or the numpy-2 profile of
+``requirements-nomx.txt``), ``dataset.py`` and ``eval/verification.py`` (both ``import mxnet`` at module level)
+are imported against :class:`MXNetStandIn`, so every symbol exists and :func:`check_api` checks them all; the
+first call into mxnet (``MXFaceDataset(...)``, ``verification.load_bin``) raises :class:`UpstreamDependencyError`
+naming ``config.record_reader = "python"``. ``ns.mxnet_missing`` says why (None where mxnet imports).
+
 :func:`add_config_dirs` lets upstream's ``get_config`` find configs in other folders;
 :func:`quiet_upstream_warnings` hides upstream's known deprecation warnings.
 
@@ -18,6 +25,7 @@ runs :func:`check_api` on it (exit 2 when it is missing or fails the check).
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import sys
@@ -29,8 +37,8 @@ from pathlib import Path
 from ..errors import QGFaceConfigError
 from . import checkout, compat
 
-__all__ = ["GENERIC_NAMES", "MODULES", "UpstreamConflictError", "UpstreamDependencyError", "check_api", "load",
-           "add_config_dirs", "quiet_upstream_warnings"]
+__all__ = ["GENERIC_NAMES", "MODULES", "UpstreamConflictError", "UpstreamDependencyError", "MXNetStandIn",
+           "mxnet_missing", "check_api", "load", "add_config_dirs", "quiet_upstream_warnings"]
 
 #: upstream's top-level module names that can clash with other code in the same process.
 GENERIC_NAMES = ("backbones", "dataset", "partial_fc_v2", "losses", "lr_scheduler", "utils", "eval", "configs")
@@ -45,6 +53,7 @@ _PIP_NAMES = {"sklearn": "scikit-learn", "mxnet": "mxnet==1.9.1", "cv2": "opencv
 _LOCK = threading.RLock()
 _MODULES: dict = {}   # str(root) -> {name: module}
 _CACHE: dict = {}     # str(root) -> namespace
+_MXNET_MISSING: dict = {}  # str(root) -> why mxnet could not be imported when the modules were (None: it could)
 
 
 class UpstreamConflictError(QGFaceConfigError):
@@ -53,6 +62,86 @@ class UpstreamConflictError(QGFaceConfigError):
 
 class UpstreamDependencyError(QGFaceConfigError):
     """A third-party package that arcface_torch imports is not installed."""
+
+
+# ------------------------------------------------------------------------------------- optional mxnet
+
+def mxnet_missing():
+    """Why ``import mxnet`` fails in this process (``"ImportError: ..."``), or None when it imports."""
+    from ..utils import import_mxnet
+    try:
+        import_mxnet()
+    except ImportError as e:
+        first_line = (str(e).splitlines() or ["(no message)"])[0]
+        return f"{type(e).__name__}: {first_line}"
+    return None
+
+
+def _mxnet_error(name: str, reason: str) -> UpstreamDependencyError:
+    return UpstreamDependencyError(
+        f"arcface_torch called {name}, but mxnet cannot be imported here ({reason}). Its dataset.MXFaceDataset "
+        "(config.record_reader = 'mxnet') and eval.verification.load_bin need mxnet: set config.record_reader = "
+        "'python' (or 'auto'), which reads train.rec without mxnet, or install the default profile with mxnet: "
+        "pip install -r requirements.txt.")
+
+
+class _MXNetName:
+    """An attribute of :class:`MXNetStandIn` (``mx.recordio``, ``nd.transpose``, ...): deeper attributes are
+    stand-ins too; calling one raises :class:`UpstreamDependencyError`."""
+
+    def __init__(self, name: str, reason: str):
+        self._name, self._reason = name, reason
+
+    def __getattr__(self, attr):
+        if attr.startswith("__"):
+            raise AttributeError(attr)
+        return _MXNetName(f"{self._name}.{attr}", self._reason)
+
+    def __call__(self, *args, **kwargs):
+        raise _mxnet_error(f"{self._name}()", self._reason)
+
+    def __repr__(self):
+        return f"<mxnet stand-in {self._name} (mxnet cannot be imported: {self._reason})>"
+
+
+class MXNetStandIn(types.ModuleType):
+    """What arcface_torch's module-level ``import mxnet as mx`` / ``from mxnet import ndarray as nd`` bind where
+    mxnet cannot be imported: any attribute is a stand-in, and calling one (``mx.recordio.MXIndexedRecordIO``
+    in ``MXFaceDataset.__init__``, ``mx.image.imdecode`` in ``load_bin``) raises :class:`UpstreamDependencyError`.
+    It is in ``sys.modules`` only while those modules are imported: ``import mxnet`` elsewhere still fails."""
+
+    def __init__(self, reason: str):
+        super().__init__("mxnet", f"stand-in for mxnet, which cannot be imported here ({reason})")
+        self.__dict__["_reason"] = reason
+
+    def __getattr__(self, attr):
+        if attr.startswith("__"):
+            raise AttributeError(attr)
+        return _MXNetName(f"mxnet.{attr}", self._reason)
+
+    def __repr__(self):
+        return f"<mxnet stand-in (mxnet cannot be imported: {self._reason})>"
+
+
+_ABSENT = object()
+
+
+@contextlib.contextmanager
+def _mxnet_stand_in(reason):
+    """While the body runs, ``import mxnet`` gives an :class:`MXNetStandIn` (nothing changes when ``reason`` is
+    None: mxnet imports); afterwards ``sys.modules["mxnet"]`` is as it was (absent, or None when blocked)."""
+    if reason is None:
+        yield
+        return
+    saved = sys.modules.get("mxnet", _ABSENT)
+    sys.modules["mxnet"] = MXNetStandIn(reason)
+    try:
+        yield
+    finally:
+        if saved is _ABSENT:
+            sys.modules.pop("mxnet", None)
+        else:
+            sys.modules["mxnet"] = saved
 
 
 # --------------------------------------------------------------------------------------------- import
@@ -135,8 +224,10 @@ def _import_modules(root: Path) -> dict:
         importlib.invalidate_caches()
         from ..utils import keep_torch_threads
         with keep_torch_threads():  # dataset.py imports mxnet, which sets torch to 1 thread
-            mods = {name: _import_checked(name, root) for name in MODULES}
-        _MODULES[key] = mods
+            missing = mxnet_missing()
+            with _mxnet_stand_in(missing):  # dataset.py and eval/verification.py import mxnet at module level
+                mods = {name: _import_checked(name, root) for name in MODULES}
+        _MODULES[key], _MXNET_MISSING[key] = mods, missing
         return mods
 
 
@@ -160,7 +251,8 @@ def check_api(root=None) -> list:
 
     :func:`~qgface_plugin.arcface.checkout.check_files` (the files in ``REQUIRED_FILES`` exist; their git blob
     hashes are compared with ``PINNED_BLOBS``, a difference warns with ``UpstreamVersionWarning`` except for
-    files our patches modify), then the modules are imported (as :func:`load` does) and
+    files our patches modify), then the modules are imported (as :func:`load` does; without mxnet against
+    :class:`MXNetStandIn`, so the same symbols are checked) and
     :func:`~qgface_plugin.arcface.checkout.check_symbols` checks the classes, functions, arguments and
     attributes the plugin uses.
 
@@ -189,14 +281,17 @@ def load(root=None) -> types.SimpleNamespace:
         ``get_dataloader``, ``PartialFC_V2``, ``CombinedMarginLoss``, ``PolynomialLRWarmup``,
         ``get_config``, ``verification`` (the module), ``DistributedSampler`` (upstream's),
         ``setup_seed``, ``make_scheduler(optimizer, warmup_iters, total_iters, **kwargs)``,
-        ``modules`` (name -> module) and ``fixes`` (names of the fixes applied).
+        ``modules`` (name -> module), ``fixes`` (names of the fixes applied) and ``mxnet_missing`` (None
+        where mxnet imports; else why not: then ``MXFaceDataset(...)`` and ``verification.load_bin`` raise
+        :class:`UpstreamDependencyError`, and the rest works).
 
     Raises:
         UpstreamNotFoundError: no arcface_torch folder (the message says how to get one).
         UpstreamAPIError: files or symbols missing (see :func:`check_api`).
         UpstreamConflictError: a module named ``utils``, ``eval``, ``dataset``, ... was already imported
             from elsewhere, or another arcface_torch folder was loaded in this process.
-        UpstreamDependencyError: a package upstream imports (mxnet, scikit-learn, ...) is not installed.
+        UpstreamDependencyError: a package upstream imports (scikit-learn, ...) is not installed (mxnet is
+            optional, see above).
     """
     root = checkout.find_root(root)
     key = str(root)
@@ -228,6 +323,7 @@ def load(root=None) -> types.SimpleNamespace:
             verification=mods["eval.verification"],
             DistributedSampler=sampler_mod.DistributedSampler,
             setup_seed=getattr(sampler_mod, "setup_seed", None),
+            mxnet_missing=_MXNET_MISSING.get(key),
             fixes=[],
         )
         ns.make_scheduler = functools.partial(compat.make_scheduler, scheduler_cls=ns.PolynomialLRWarmup)

@@ -254,3 +254,13 @@ def test_run_control_keys_are_validated(override, message):
     with pytest.raises(QGFaceConfigError, match=message):
         load_config("qgface_demo_cpu", override)
     assert load_config("qgface_demo_cpu", {"resume": "auto", "save_every_steps": 5}).resume == "auto"
+
+
+@pytest.mark.parametrize("key, value", [("embedding_size", 8), ("network", "r50"), ("num_classes", 7),
+                                        ("loss", "qgface")])
+def test_a_checkpoint_of_another_model_is_refused(tmp_path, key, value):
+    path = ckpt.save_checkpoint(tmp_path / "c.pt", _cfg(tmp_path), 0, 1, (0, 3, 3), _parts())
+    state = ckpt.read_checkpoint(path)
+    old = _cfg(tmp_path)[key]
+    with pytest.raises(QGFaceConfigError, match=f"written with {key}={old!r} but this run has {value!r}"):
+        ckpt.check_fits(state, path, _cfg(tmp_path, **{key: value}), 1, 10, 20)

@@ -141,12 +141,13 @@ class Checkpointer:
     def __init__(self, cfg, rank: int, world: int, parts, confirmed=()):
         self.cfg, self.rank, self.world, self.parts = cfg, rank, world, parts
         self.every, self.keep = int(cfg.get("save_every_steps") or 0), int(cfg.get("keep_checkpoints", 2))
-        self.confirmed = [s for s in confirmed if s in _step_files(cfg.output, rank)]
+        present = _step_files(cfg.output, rank)
+        self.confirmed = [s for s in confirmed if s in present]
         self.failed: list[str] = []
 
-    def due(self, step: int, batch: int, epoch_batches: int) -> bool:
-        """Whether step ``step`` (1-based, ``batch`` taken of ``epoch_batches``) ends with a step checkpoint."""
-        return self.every > 0 and step % self.every == 0 and batch < epoch_batches
+    def due(self, step: int) -> bool:
+        """Whether step ``step`` (1-based) is one of ``save_every_steps`` (an epoch end saves its own file)."""
+        return self.every > 0 and step % self.every == 0
 
     def save(self, position, extra, epoch_end: bool) -> bool:
         """Write the checkpoint at ``position = (epoch, batch, step)`` on every rank; True if every rank wrote it.

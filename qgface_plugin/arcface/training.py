@@ -235,7 +235,7 @@ def train(cfg, root: str | None = None, on_log=None) -> dict:
             if cfg.verbose and step % cfg.verbose == 0:
                 dist.barrier()
             stop = step >= stop_step
-            if batch < epoch_batches and (checkpointer.due(step, batch, epoch_batches) or stop):
+            if batch < epoch_batches and (checkpointer.due(step) or stop):
                 checkpointer.save((epoch, batch, step), extra(), epoch_end=False)  # a stop part-way: resumable
             if stop:
                 break

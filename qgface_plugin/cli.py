@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 
 __all__ = ["EXIT_OK", "EXIT_FAILED", "EXIT_BAD_INPUT", "HelpFormatter", "parser", "error"]
@@ -47,5 +48,18 @@ def error(message, prog: str | None = None, code: int = EXIT_BAD_INPUT) -> int:
     """Print ``<prog>: error: <message>`` on stderr (``prog`` defaults to the running script's name) and return
     ``code`` (2 = bad input), for ``return error(exc)`` in a tool's ``main``."""
     prog = prog or os.path.basename(sys.argv[0] or "qgface")
-    print(f"{prog}: error: {message}", file=sys.stderr)
+    print(f"{prog}: error: {worker_message(message)}", file=sys.stderr)
     return code
+
+
+def worker_message(exc) -> str:
+    """The message of ``exc`` without the wrapping torch adds when it re-raises an error of a DataLoader worker
+    (``Caught E in DataLoader worker process 0.`` and the worker's traceback): what the worker raised, and
+    which worker. Other messages are returned as they are."""
+    text = str(exc)
+    match = re.match(r"Caught (\w+) in (DataLoader worker process \d+)\.\nOriginal Traceback", text)
+    if match is None:
+        return text
+    name, where = match.groups()
+    raised = list(re.finditer(rf"^(?:[\w.]+\.)?{name}: ", text, re.MULTILINE))  # the traceback's last line
+    return f"{text[raised[-1].end():].rstrip()} (in {where})" if raised else text

@@ -29,3 +29,22 @@ def test_bad_targets_are_named():
         load_verification_sets(edict(rec="synthetic", val_targets=["lfw"]), None)
     with pytest.raises(QGFaceInputError, match="lfw.bin"):
         load_verification_sets(edict(rec="/nonexistent", val_targets=["lfw"]), None)
+
+
+def _junk(path):
+    path.write_bytes(b"not a pickle at all")
+
+
+def _undecodable(path):
+    write_bin(path, [b"\0" * 100] * 8, [True, False, True, False])
+
+
+@pytest.mark.parametrize("spoil, says", [
+    (_junk, "broken.bin: not a verification .bin (cannot unpickle: UnpicklingError"),
+    (_undecodable, "broken.bin (config.val_targets): arcface_torch's load_bin failed: "),
+])
+def test_a_set_upstream_cannot_read_is_named_with_the_reason(tmp_path, ns, spoil, says):
+    spoil(tmp_path / "broken.bin")
+    with pytest.raises(QGFaceInputError) as info:
+        load_verification_sets(edict(rec=str(tmp_path), val_targets=["broken"]), ns)
+    assert says in str(info.value)

@@ -8,9 +8,11 @@ import argparse
 import ast
 
 import pytest
+import torch
 
 from _proc import ROOT, tool
 from qgface_plugin import cli
+from qgface_plugin.formats.recordio import RecordIOError
 
 TOOLS = sorted(p.stem for p in (ROOT / "tools").glob("*.py"))
 
@@ -96,3 +98,23 @@ def test_bad_input_exits_2_with_the_tools_name(capsys):
     assert cli.error("no such file", prog="eval_suite.py") == cli.EXIT_BAD_INPUT == 2
     assert capsys.readouterr().err == "eval_suite.py: error: no such file\n"
     assert cli.error("ran and failed", prog="t", code=cli.EXIT_FAILED) == 1
+
+
+class _Unreadable(torch.utils.data.Dataset):
+    def __len__(self):
+        return 4
+
+    def __getitem__(self, index):
+        raise RecordIOError(f"data/train.rec: record {index}: the 9 image bytes do not decode\n(second line)")
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_an_error_in_a_dataloader_worker_prints_as_the_worker_raised_it(workers, capsys):
+    loader = torch.utils.data.DataLoader(_Unreadable(), num_workers=workers)
+    with pytest.raises(RecordIOError) as info:
+        next(iter(loader))
+    assert ("Original Traceback" in str(info.value)) == (workers > 0)  # torch's wrapping, which the error removes
+    assert cli.error(info.value, prog="train.py") == 2
+    where = " (in DataLoader worker process 0)" if workers else ""
+    assert capsys.readouterr().err == ("train.py: error: data/train.rec: record 0: the 9 image bytes do not decode\n"
+                                       f"(second line){where}\n")

@@ -19,11 +19,13 @@ import numpy as np
 import torch
 
 from ..errors import QGFaceConfigError
+from ..formats.recordio import RecordIOError
 from ..views import FlipTransform, MixedViewTransform
 from .factory import two_view_transform
 from .records import check_record_dataset
 
-__all__ = ["SyntheticImages", "SampleSeeded", "ResumableSampler", "record_dataset", "build_loader"]
+__all__ = ["SyntheticImages", "SampleSeeded", "ResumableSampler", "NamedRecordErrors", "record_dataset",
+           "build_loader"]
 
 
 class SampleSeeded(torch.utils.data.Dataset):
@@ -59,6 +61,33 @@ class SampleSeeded(torch.utils.data.Dataset):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(torch_seed)
             return self.dataset[index]
+
+
+class NamedRecordErrors(torch.utils.data.Dataset):
+    """arcface_torch's ``MXFaceDataset`` with mxnet's errors (``MXNetError: ... Decoding failed. Invalid image
+    file.``, which names neither file nor record) re-raised as a :class:`RecordIOError` that names both."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getattr__(self, name):  # transform, imgidx, ...: the wrapped set's
+        if name == "dataset":
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
+
+    def __getitem__(self, index):
+        try:
+            return self.dataset[index]
+        except Exception as exc:
+            if type(exc).__name__ != "MXNetError":
+                raise
+            reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else "no message"
+            rec = f"{self.dataset.root_dir.rstrip('/')}/train.rec"
+            raise RecordIOError(f"{rec}: record {int(self.dataset.imgidx[index])} (dataset index {int(index)}): "
+                                f"mxnet cannot read it ({reason})") from None
 
 
 class ResumableSampler(torch.utils.data.DistributedSampler):
@@ -143,6 +172,8 @@ def build_loader(cfg, ns, rank, world, device):
         dataset = record_dataset(cfg, ns, rank)
         if cfg.loss == "qgface" or mixed or cfg.loader_uint8:  # else upstream's own flip + normalise
             dataset.transform = transform
+        if type(dataset).__name__ == "MXFaceDataset":
+            dataset = NamedRecordErrors(dataset)
     dataset = SampleSeeded(dataset, cfg.seed)
     sampler = ResumableSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed)
     loader = torch.utils.data.DataLoader(

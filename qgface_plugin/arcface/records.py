@@ -68,17 +68,21 @@ def check_record_dataset(root: str | os.PathLike, num_classes: int, full_scan: i
         for key in scan:
             h, payload = read(key, key in to_decode)
             label = h.label if np.isscalar(h.label) else h.label[0]
-            if not (0 <= label < num_classes) or label != int(label):
+            if not (0 <= label < num_classes):
                 raise QGFaceInputError(
                     f"{rec_path}: record {key} has label {label}, outside [0, num_classes={num_classes}); "
                     "fix config.num_classes or the record set")
+            if label != int(label):
+                raise QGFaceInputError(f"{rec_path}: record {key} has label {label}, which is not a whole number: "
+                                       "labels are class indices; fix the record set")
             max_label = max(max_label, int(label))
             if payload is not None:
+                where = f"{rec_path}: record {key}"
                 try:
-                    img = decode_image(payload, f"{rec_path}: record {key}")
-                except RecordIOError:
-                    img = None
-                if img is None or img.ndim != 3:
-                    raise QGFaceInputError(f"{rec_path}: record {key} does not decode as an image")
+                    img = decode_image(payload, where)
+                except RecordIOError as exc:  # keep the decoder's reason: how the bytes begin
+                    raise QGFaceInputError(f"{where} does not decode as an image ({str(exc)[len(where) + 2:]})") from None
+                if img.ndim != 3:
+                    raise QGFaceInputError(f"{rec_path}: record {key} decodes to shape {img.shape}, not an image")
         header0 = reader.header0
     return {"num_images": len(keys), "max_label": max_label, "header0": header0, "scanned": len(scan)}

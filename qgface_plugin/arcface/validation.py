@@ -81,7 +81,8 @@ def load_verification_sets(cfg, ns) -> dict:
 
     Raises:
         QGFaceConfigError: ``rec = "synthetic"`` with verification targets.
-        QGFaceInputError: a ``.bin`` file that does not exist.
+        QGFaceInputError: a ``.bin`` file that does not exist or that upstream's ``load_bin`` cannot read (the
+            file named, and what is wrong with it).
     """
     sets = {}
     if cfg.rec == "synthetic" and cfg.val_targets:
@@ -93,8 +94,13 @@ def load_verification_sets(cfg, ns) -> dict:
         if getattr(ns, "mxnet_missing", None):
             sets[name] = load_bin_without_mxnet(path, (112, 112))
             continue
-        with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):  # its per-flip shape lines
-            sets[name] = ns.verification.load_bin(str(path), (112, 112))
+        try:
+            with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):  # its per-flip shape lines
+                sets[name] = ns.verification.load_bin(str(path), (112, 112))
+        except Exception as exc:  # upstream says neither the file nor why (UnpicklingError, MXNetError, ...)
+            read_bin(path)  # names the file and what is wrong with the pickle, if that is it
+            raise QGFaceInputError(f"verification set {path} (config.val_targets): arcface_torch's load_bin failed: "
+                                   f"{type(exc).__name__}: {str(exc).strip()[:300]}") from exc
     return sets
 
 

@@ -116,16 +116,30 @@ if cv2 is not None:
     _CV_FLAGS = (cv2.IMREAD_COLOR if _RGB_FLAG is None else _RGB_FLAG) | cv2.IMREAD_IGNORE_ORIENTATION
 
 
+_SIGNATURES = ((b"\xff\xd8\xff", "JPEG"), (b"\x89PNG\r\n\x1a\n", "PNG"))
+
+
+def _undecodable(data, where: str, detail: str = "") -> RecordIOError:
+    """The error for image bytes that do not decode: how many there are, how they begin, and what that means."""
+    head = bytes(data[:8])
+    kind = next((name for sig, name in _SIGNATURES if head.startswith(sig)), None)
+    found = ("there are none" if not head else
+             f"they begin {head.hex(' ')}: a {kind} header, but the {kind} data is truncated or corrupt" if kind else
+             f"they begin {head.hex(' ')}, neither a JPEG (ff d8 ff) nor a PNG (89 50 4e 47) signature")
+    return RecordIOError(f"{where}: the {len(data)} image bytes do not decode as an image (JPEG/PNG){detail}: {found}")
+
+
 def decode_image(data, where: str = "image") -> np.ndarray:
     """JPEG/PNG bytes -> RGB uint8 HWC (C-contiguous), pixel for pixel what arcface_torch gets from
-    ``mx.image.imdecode(data).asnumpy()`` (OpenCV; Pillow where OpenCV is not installed)."""
+    ``mx.image.imdecode(data).asnumpy()`` (OpenCV; Pillow where OpenCV is not installed); else a :class:`RecordIOError`
+    (also for a JPEG cut short, which mxnet's bundled OpenCV 3.4 returns partly grey)."""
     if cv2 is not None:
         try:
             img = cv2.imdecode(np.frombuffer(data, np.uint8), _CV_FLAGS)
         except cv2.error:  # an empty buffer
             img = None
         if img is None:
-            raise RecordIOError(f"{where}: the {len(data)} image bytes do not decode as an image (JPEG/PNG)")
+            raise _undecodable(data, where)
         if _RGB_FLAG is None:
             img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
         return img
@@ -134,8 +148,7 @@ def decode_image(data, where: str = "image") -> np.ndarray:
         with Image.open(io.BytesIO(bytes(data))) as im:
             return np.ascontiguousarray(np.asarray(im.convert("RGB")))
     except Exception as exc:  # pragma: no cover
-        raise RecordIOError(f"{where}: the {len(data)} image bytes do not decode as an image "
-                            f"({type(exc).__name__}: {exc})") from None
+        raise _undecodable(data, where, f" ({type(exc).__name__}: {exc})") from None
 
 
 # --------------------------------------------------------------------------------------------- index
@@ -478,7 +491,10 @@ class RecordReader:
         label arcface_torch's MXFaceDataset takes (the scalar, or the first of the label array)."""
         view = self._record_view(key)
         header, start = _unpack_header(view, f"{self.rec_path}: record {key}")
-        img = decode_image(view[start:], f"{self.rec_path}: record {key}")
+        try:
+            img = decode_image(view[start:], f"{self.rec_path}: record {key}")
+        except RecordIOError as exc:  # where the record is, for a look at the file
+            raise RecordIOError(f"{exc} (record at byte offset {int(self._offsets[self._position(key)])})") from None
         return img, _first_label(header.label)
 
     def identity_ranges(self) -> np.ndarray:

@@ -1,6 +1,7 @@
 """Tests for qgface_plugin.study without arcface_torch: the statistics (against hand-worked cases), arm parsing
 and each run's config, the resume of an interrupted study (a fake trainer and evaluator), the report files, the
-AUROC callback, and tools/study.py's bad-input exits. The real --quick study is in test_study_run.py."""
+AUROC callback, QGFace's training diagnostics (recorded, reloaded, reported), and tools/study.py's bad-input
+exits. The real --quick study is in test_study_run.py."""
 import json
 import math
 
@@ -13,6 +14,7 @@ from qgface_plugin.eval.paired import all_resamples
 from qgface_plugin.study import arms as arms_mod
 from qgface_plugin.study import report
 from qgface_plugin.study.data import PAIR_TYPES
+from qgface_plugin.study.diagnostics import training_diagnostics
 from qgface_plugin.study.evaluate import AurocLogger
 from qgface_plugin.study.runner import PROFILES, RESULT_FILE, run_dir, run_study
 from qgface_plugin.study.stats import auroc, seed_pair_bootstrap, t_interval
@@ -145,15 +147,18 @@ def _fake_evaluator(cfg, summary):
 
 
 class _Trainer:
-    def __init__(self, fail_on=None):
-        self.calls, self.fail_on = [], fail_on
+    def __init__(self, fail_on=None, history=None):
+        self.calls, self.fail_on, self.history = [], fail_on, history  # history(cfg) -> the summary's history
 
     def __call__(self, cfg, on_log):
         self.calls.append((cfg.output, cfg.seed))
         if self.fail_on is not None and len(self.calls) == self.fail_on:
             raise RuntimeError("interrupted")
-        return {"steps": 8, "images_per_step": cfg.batch_size, "rows_per_step": 16, "wall_s": 0.1,
-                "model": "model.pt"}
+        summary = {"steps": 8, "images_per_step": cfg.batch_size, "rows_per_step": 16, "wall_s": 0.1,
+                   "model": "model.pt"}
+        if self.history is not None:
+            summary["history"] = self.history(cfg)
+        return summary
 
 
 def _run(tmp_path, trainer, arms="qgface,arcface", seeds=2, log=None):
@@ -205,6 +210,107 @@ def test_report_files_and_paired_differences(tmp_path):
     assert "qgface − baseline" in md and "| arcface | 2 |" in md and "Student t" in md
     assert json.loads(paths["json"].read_text())["differences"]["arcface"]["seeds"] == [0, 1]
     assert paths["png"].stat().st_size > 1000
+
+
+# ------------------------------------------------------------------------------------ training diagnostics
+def _step(step, hq, con, b=0.2, fill=1.0, norm=(20.0, 2.0), loss=1.0):
+    return {"step": step, "loss": loss, "loss_cls": loss, "loss_con": 0.1, "hq_fraction": hq,
+            "contrast_fraction": con, "norm_mean": norm[0], "norm_std": norm[1], "queue_fill": fill,
+            "threshold": b, "finite": 1.0}
+
+
+def test_training_diagnostics_hand_worked():
+    hq = [0.5, 0.7, 0.6, 0.6, 0.4, 0.8, 1.0, 0.6]
+    con = [0.0, 0.2, 0.4, 0.4, 0.5, 0.7, 0.9, 0.7]
+    history = [_step(10 * (i + 1), h, c, fill=(i + 1) / 10, loss=float("nan") if i == 3 else 1.0)
+               for i, (h, c) in enumerate(zip(hq, con))]
+    history[-1].update(threshold=0.25, norm_mean=21.5, norm_std=3.25)
+    got = training_diagnostics(history)
+    # means: hq 5.2 / 8 = 0.65, contrasted 3.8 / 8 = 0.475; quarters: steps (10, 20), (30, 40), (50, 60), (70, 80)
+    assert got["hq_fraction"] == pytest.approx(0.65) and got["contrast_fraction"] == pytest.approx(0.475)
+    assert [q["steps"] for q in got["by_quarter"]] == [[10, 20], [30, 40], [50, 60], [70, 80]]
+    assert [q["hq_fraction"] for q in got["by_quarter"]] == pytest.approx([0.6, 0.6, 0.6, 0.8])
+    assert [q["contrast_fraction"] for q in got["by_quarter"]] == pytest.approx([0.1, 0.4, 0.6, 0.8])
+    assert got["threshold"] == 0.25  # the last logged step's b
+    assert got["final"] == pytest.approx({"norm_mean": 21.5, "norm_std": 3.25, "queue_fill": 0.8,
+                                          "hq_fraction": 0.6, "contrast_fraction": 0.7})
+    assert [p["step"] for p in got["curve"]] == [10, 20, 30, 40, 50, 60, 70, 80]
+    assert [p["contrast_fraction"] for p in got["curve"]] == pytest.approx(con)
+    assert all(type(v) is float for v in [got["hq_fraction"], got["threshold"], *got["final"].values()])
+    json.dumps(got, allow_nan=False)  # JSON-ready
+    # a non-finite value is left out of the means; fewer logged steps than 4: as many parts
+    short = training_diagnostics([_step(5, 0.5, float("nan")), _step(10, 0.7, 0.3)])
+    assert short["contrast_fraction"] == pytest.approx(0.3) and short["hq_fraction"] == pytest.approx(0.6)
+    assert [q["steps"] for q in short["by_quarter"]] == [[5, 5], [10, 10]]
+    assert short["by_quarter"][0]["contrast_fraction"] is None and short["curve"][0]["contrast_fraction"] is None
+    # not a QGFace run, or nothing logged
+    assert training_diagnostics([{"step": 5, "loss": 2.0}, {"step": 10, "loss": 1.5}]) is None
+    assert training_diagnostics([]) is None and training_diagnostics(None) is None
+
+
+def _qgface_history(cfg):
+    """Seed 0 (config.seed 0): hq 0.6, contrasted 0.1 .. 0.4, queue 0.5 at the end; seed 1: hq 0.8, contrasted
+    0.3 .. 0.6, queue full at the end; single-view arms: loss only."""
+    if cfg.loss != "qgface":
+        return [{"step": s, "loss": 1.0} for s in (2, 4, 6, 8)]
+    hq, c0, fill = (0.6, 0.1, 0.5) if cfg.seed == 0 else (0.8, 0.3, 1.0)
+    return [_step(s, hq, c0 + 0.1 * i, fill=fill) for i, s in enumerate((2, 4, 6, 8))]
+
+
+def test_run_study_records_the_diagnostics_and_fills_them_in_for_older_results(tmp_path):
+    results = _run(tmp_path, _Trainer(history=_qgface_history))
+    on_disk = json.loads((run_dir(tmp_path, "qgface", 1) / RESULT_FILE).read_text())
+    assert on_disk["diagnostics"]["contrast_fraction"] == pytest.approx(0.45)
+    assert on_disk["diagnostics"]["final"]["queue_fill"] == 1.0
+    assert results["qgface", 0]["diagnostics"]["hq_fraction"] == pytest.approx(0.6)
+    assert json.loads((run_dir(tmp_path, "arcface", 0) / RESULT_FILE).read_text())["diagnostics"] is None
+    # an older study: result.json without "diagnostics"; qgface seed 0 has its train/summary.json, seed 1 none
+    for k in (0, 1):
+        path = run_dir(tmp_path, "qgface", k) / RESULT_FILE
+        old = json.loads(path.read_text())
+        del old["diagnostics"]
+        path.write_text(json.dumps(old))
+    cfg = type("Cfg", (), {"loss": "qgface", "seed": 0})()
+    summary = run_dir(tmp_path, "qgface", 0) / "train" / "summary.json"
+    summary.parent.mkdir(parents=True, exist_ok=True)
+    summary.write_text(json.dumps({"steps": 8, "history": _qgface_history(cfg)}))
+    before = (run_dir(tmp_path, "qgface", 0) / RESULT_FILE).read_text()
+    again = _Trainer()
+    reloaded = _run(tmp_path, again)
+    assert again.calls == []
+    assert reloaded["qgface", 0]["diagnostics"] == training_diagnostics(_qgface_history(cfg))
+    assert reloaded["qgface", 0]["diagnostics"]["contrast_fraction"] == pytest.approx(0.25)
+    assert reloaded["qgface", 1]["diagnostics"] is None  # no summary.json to fill them from
+    assert (run_dir(tmp_path, "qgface", 0) / RESULT_FILE).read_text() == before  # the old result is not rewritten
+
+
+def test_report_has_the_training_diagnostics_of_the_qgface_arms(tmp_path):
+    results = _run(tmp_path, _Trainer(history=_qgface_history))
+    study = report.summarise(results, arms_mod.parse_arms("qgface,arcface"), resamples=20)
+    paths = report.write(tmp_path, study)
+    arm = json.loads(paths["json"].read_text())["arms"]
+    d = arm["qgface"]["diagnostics"]
+    assert d["hq_fraction"]["per_seed"] == pytest.approx([0.6, 0.8]) and d["hq_fraction"]["mean"] == pytest.approx(0.7)
+    assert d["contrast_fraction"]["mean"] == pytest.approx(0.35)  # per seed 0.25 and 0.45
+    # t interval over 2 seeds: half-width 12.7062 * sd / sqrt(2), sd = 0.2 / sqrt(2): 1.27062
+    assert d["contrast_fraction"]["low"] == pytest.approx(0.35 - 1.270620, abs=1e-5)
+    assert [q["contrast_fraction"]["mean"] for q in d["by_quarter"]] == pytest.approx([0.2, 0.3, 0.4, 0.5])
+    assert [q["steps"] for q in d["by_quarter"]] == [[2, 2], [4, 4], [6, 6], [8, 8]]
+    assert d["threshold"] == pytest.approx(0.2) and d["final"]["queue_fill"] == pytest.approx(0.75)
+    assert [p["contrast_fraction"] for p in d["curve"]] == pytest.approx([0.2, 0.3, 0.4, 0.5])
+    assert arm["arcface"]["diagnostics"] is None
+    md = paths["md"].read_text()
+    section = md.split("## Training diagnostics (QGFace arms)")[1]
+    assert "| qgface | 0.20 | 70.0 [-57.1, 197.1] | 35.0 [-92.1, 162.1] | 20.0 → 50.0 | 75.0 |" in section
+    assert "| arcface |" not in section and "Partial FC" in section and "weight > 0" in section
+    width = int.from_bytes(paths["png"].read_bytes()[16:20], "big")  # PNG IHDR: three panels, not two
+    assert width == 18 * 110
+    # a study without QGFace diagnostics: no section, two panels
+    plain = report.summarise(_run(tmp_path / "plain", _Trainer()), arms_mod.parse_arms("qgface,arcface"),
+                             resamples=20)
+    assert all(a["diagnostics"] is None for a in plain["arms"].values())
+    assert "Training diagnostics" not in report.markdown(plain)
+    assert int.from_bytes(report.write(tmp_path / "plain", plain)["png"].read_bytes()[16:20], "big") == 12 * 110
 
 
 def test_auroc_logger_measures_at_its_steps_and_restores_training_mode():

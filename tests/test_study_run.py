@@ -36,3 +36,21 @@ def test_quick_study_trains_reports_and_resumes(tmp_path, arcface_root):
     assert again.returncode == 0, again.stdout[-4000:]
     assert again.stdout.count("done before, skipped") == 2 and "): training " not in again.stdout
     assert "data: reusing" in again.stdout
+
+
+def test_quick_study_with_data_runs_the_suite_on_every_model(tmp_path, arcface_root):
+    from qgface_plugin.synthetic import make_benchmarks
+    bench = make_benchmarks(tmp_path / "bench", seed=0)
+    out = tmp_path / "study"
+    cmd = [sys.executable, ROOT / "tools" / "study.py", "--quick", "--arms", "qgface,arcface", "--seeds", "1",
+           "--bootstrap", "20", "--data", tmp_path / "bench", "--output", out]
+    r = run_guarded(cmd, 900, env=clean_env(ARCFACE_TORCH_ROOT=str(arcface_root)), cwd=tmp_path)
+    assert r.returncode == 0, r.stdout[-4000:]
+    study = json.loads((out / "study.json").read_text())
+    for arm in ("qgface", "arcface"):
+        summary = json.loads((out / "runs" / arm / "seed0" / "suite" / "summary.json").read_text())
+        assert set(summary["benchmarks"]) >= {"tinyface", "scface", "ijbc"}, summary["benchmarks"].keys()
+        figures = study["arms"][arm]["suite"]
+        assert figures and all(0.0 <= v["mean"] <= 100.0 for v in figures.values() if v["mean"] is not None)
+    assert bench["counts"]["tinyface"]["probes"] > 0
+    assert "## Evaluation suite on --data" in (out / "study.md").read_text()

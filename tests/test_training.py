@@ -121,15 +121,21 @@ def test_subset_mode_without_any_hq_row_trains(tmp_path, data, nproc):
     assert all(math.isfinite(h["loss"]) and h["loss_con"] > 0 for h in s["history"]), s["history"]
 
 
-def _launch_nodes(cfg, cwds, timeout):
-    """One torchrun launcher per "node" (``--nnodes len(cwds)``, one process each, static rendezvous on
-    127.0.0.1), started together, each in its own working directory with a relative ``--output out``;
-    returns their CompletedProcess (stdout with stderr). A hang kills every launcher and fails the test."""
+def _launch_nodes(cfg, cwds, timeout, rendezvous="static"):
+    """One torchrun launcher per "node" (``--nnodes len(cwds)``, one process each, on 127.0.0.1), started
+    together, each in its own working directory with a relative ``--output out``; ``rendezvous``: "static"
+    (``--node_rank`` with ``--master_addr/--master_port``) or "c10d" (``--rdzv-backend c10d --rdzv-endpoint``,
+    as on clusters: node ranks are assigned as the nodes join). Returns their CompletedProcess (stdout with
+    stderr). A hang kills every launcher and fails the test."""
     port = free_port()
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    def rdzv(rank):
+        if rendezvous == "static":
+            return [f"--node_rank={rank}", "--master_addr=127.0.0.1", f"--master_port={port}"]
+        return ["--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}", "--rdzv-id=qgface-test"]
     procs = [subprocess.Popen(
-        [sys.executable, "-m", "torch.distributed.run", f"--nnodes={len(cwds)}", "--nproc_per_node=1",
-         f"--node_rank={rank}", "--master_addr=127.0.0.1", f"--master_port={port}",
+        [sys.executable, "-m", "torch.distributed.run", f"--nnodes={len(cwds)}", "--nproc_per_node=1", *rdzv(rank),
          str(ROOT / "tools" / "train.py"), str(cfg), "--output", "out"],
         cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
         for rank, cwd in enumerate(cwds)]
@@ -148,18 +154,23 @@ def _launch_nodes(cfg, cwds, timeout):
     return results
 
 
-def test_two_nodes_with_node_local_output_folders(tmp_path, data):
+@pytest.mark.parametrize("rendezvous", ["static", "c10d"])
+def test_two_nodes_with_node_local_output_folders(tmp_path, data, rendezvous):
     """Multi-node with node-local disks: two torchrun launchers (--nnodes 2, one process each) in their
-    own working directories with a relative output path. Every rank creates the output folder it writes
-    its checkpoint to; rank 0's outputs (config.json, logs, model.pt, summary.json) stay on node 0."""
+    own working directories with a relative output path, by a static and by a c10d rendezvous. Every rank
+    creates the output folder it writes its checkpoint to; rank 0's outputs (config.json, logs, model.pt,
+    summary.json) stay on rank 0's node."""
     cfg = _config(tmp_path, data, num_epoch=1)
     nodes = [tmp_path / "node0", tmp_path / "node1"]
     for node in nodes:
         node.mkdir()
-    r0, r1 = _launch_nodes(cfg, nodes, timeout=300)
-    assert r1.returncode == 0, r1.stdout[-3000:]
-    assert r0.returncode == 0, r0.stdout[-3000:]
-    out0, out1 = nodes[0] / "out", nodes[1] / "out"
+    results = _launch_nodes(cfg, nodes, timeout=300, rendezvous=rendezvous)
+    for r in results:
+        assert r.returncode == 0, r.stdout[-3000:]
+    # static: node_rank 0 is node0; c10d: whichever node joined first holds rank 0
+    first = [n for n in nodes if (n / "out" / "summary.json").is_file()]
+    assert len(first) == 1 and (rendezvous == "c10d" or first[0] == nodes[0]), first
+    out0, out1 = first[0] / "out", next(n for n in nodes if n != first[0]) / "out"
     s = _summary(out0)
     assert s["world_size"] == 2 and s["steps"] == 6
     assert {"config.json", "model.pt", "summary.json", "checkpoint_gpu_0.pt", "tensorboard"} <= \

@@ -22,7 +22,8 @@ every --auroc-every steps during training and at the end. --data BENCHMARKS also
 every trained model.
 
 Writes <output>/study.md, study.json and study.png (per arm: mean and Student-t interval over seeds; QGFace
-minus each baseline: paired two-stage bootstrap over seeds and pairs), and per run
+minus each baseline: paired two-stage bootstrap over seeds and pairs; the QGFace arms' training diagnostics:
+rows classified HQ, pairs contrasted, queue fill), and per run
 <output>/runs/<arm>/seed<k>/result.json: a re-run skips the runs that have one (resume). Profiles: cpu (a
 2-core machine: 3 arms x 2 seeds in about 45 minutes, data and evaluation included; mbf, embedding 128), gpu
 (one device: 80k images, r18, fp16, larger pair sets; NOT tested here). Exit status 0 when done, 1 when a run

@@ -6,6 +6,10 @@ AUROC of the norm likewise, the mean AUROC curve, and the suite's headline figur
 per baseline, the difference ``reference - baseline`` (positive: the reference, QGFace, is better) of each pair
 type's accuracy with its paired two-stage bootstrap interval over seeds and pairs
 (:func:`~.stats.seed_pair_bootstrap`) and of the AUROC with its t interval over the per-seed differences.
+Per QGFace arm also its training diagnostics (the results' ``"diagnostics"``, :mod:`.diagnostics`): the share of
+rows classified HQ and of pairs contrasted (means over the logged steps, overall and per quarter of training)
+with their mean and t interval over seeds, ``b``, the last logged step's queue fill and norm statistics
+(means over seeds) and the mean curve of both shares; ``None`` for an arm none of whose runs has them.
 :func:`markdown` and :func:`plot` write ``study.md`` and ``study.png``; :func:`write` all three files.
 """
 from __future__ import annotations
@@ -34,6 +38,35 @@ def _flatten(d, prefix=""):
     return out
 
 
+def _mean_or_none(values):
+    v = [x for x in values if x is not None]
+    return float(np.mean(v)) if v else None
+
+
+def _diagnostics(runs, level):
+    """The arm's training diagnostics over its seeds (None when no run has them)."""
+    diags = [r["diagnostics"] for r in runs if r.get("diagnostics")]
+    if not diags:
+        return None
+
+    def field(values):
+        values = list(values)
+        return {"per_seed": values, **t_interval(values, level)}
+    quarters = []
+    for i in range(max(len(d["by_quarter"]) for d in diags)):
+        qs = [d["by_quarter"][i] for d in diags if i < len(d["by_quarter"])]
+        quarters.append({"steps": qs[0]["steps"], **{k: field(q.get(k) for q in qs)
+                                                     for k in ("hq_fraction", "contrast_fraction")}})
+    steps = sorted({p["step"] for d in diags for p in d.get("curve", [])})
+    curve = [{"step": s, **{k: _mean_or_none(p.get(k) for d in diags for p in d.get("curve", []) if p["step"] == s)
+                            for k in ("hq_fraction", "contrast_fraction")}} for s in steps]
+    finals = {k: _mean_or_none((d.get("final") or {}).get(k) for d in diags) for k in diags[0].get("final", {})}
+    return {"runs": len(diags), "threshold": _mean_or_none(d.get("threshold") for d in diags),
+            "hq_fraction": field(d.get("hq_fraction") for d in diags),
+            "contrast_fraction": field(d.get("contrast_fraction") for d in diags),
+            "by_quarter": quarters, "final": finals, "curve": curve}
+
+
 def _arm_summary(name, runs, level):
     first = runs[0]
     pairs = {}
@@ -58,7 +91,7 @@ def _arm_summary(name, runs, level):
             "images_per_step": first["train"]["images_per_step"], "network": cfg.get("network"),
             "seconds_mean": float(np.mean([r["seconds"]["total"] for r in runs])),
             "pairs": pairs, "auroc": {"per_seed": aur, **t_interval(aur, level)}, "auroc_curve": curve,
-            "suite": suite}
+            "suite": suite, "diagnostics": _diagnostics(runs, level)}
 
 
 def summarise(results: dict, arms, reference=None, resamples=1000, seed=0, level=LEVEL, meta=None) -> dict:
@@ -115,6 +148,10 @@ def _auc(m, sign=False):
     return f(m["mean"]) + (f" [{f(m['low'])}, {f(m['high'])}]" if m.get("low") is not None else "")
 
 
+def _num(v, scale=100, fmt=".1f"):
+    return "–" if v is None else format(scale * v, fmt)
+
+
 def markdown(study: dict) -> str:
     meta, ref, lv = study["meta"], study["reference"], f"{100 * study['level']:g}%"
     lines = ["# Study: QGFace against its baselines", ""]
@@ -163,18 +200,37 @@ def markdown(study: dict) -> str:
                   "| figure | " + " | ".join(suite) + " |", "|---" * (len(suite) + 1) + "|"]
         for k in keys:
             lines.append(f"| {k} | " + " | ".join(_ci(s[k]) if k in s else "–" for s in suite.values()) + " |")
+    diags = {n: a["diagnostics"] for n, a in study["arms"].items() if a.get("diagnostics")}
+    if diags:
+        lines += ["", "## Training diagnostics (QGFace arms)", "",
+                  "| arm | b | rows classified (HQ), % | pairs contrasted, % | contrasted, first quarter → last "
+                  "quarter, % | queue fill at the end, % |", "|---|---|---|---|---|---|"]
+        for n, d in diags.items():
+            qs = d["by_quarter"]
+            first = qs[0]["contrast_fraction"]["mean"] if qs else None
+            last = qs[-1]["contrast_fraction"]["mean"] if qs else None
+            fill = (d.get("final") or {}).get("queue_fill")
+            lines.append(f"| {n} | {_num(d['threshold'], 1, '.2f')} | {_ci(d['hq_fraction'])} | "
+                         f"{_ci(d['contrast_fraction'])} | {_num(first)} → {_num(last)} | {_num(fill)} |")
+        lines += ["", "HQ rows (q̂ ≥ b) go to Partial FC; pairs with a weight > 0 enter the contrastive loss "
+                  "against the queue. Shares: means over the logged steps (per quarter of them for the first → last "
+                  f"quarter), then mean [{lv} t interval] over seeds; b and the queue fill: the last logged step's, "
+                  "mean over seeds."]
     return "\n".join(lines) + "\n"
 
 
 def plot(study: dict, path) -> None:
-    """``study.png``: bars of each arm's accuracy per pair type with its interval over seeds (left) and the AUROC
-    curve over steps per arm (right). Matplotlib, Agg backend."""
+    """``study.png``: bars of each arm's accuracy per pair type with its interval over seeds (left), the AUROC
+    curve over steps per arm (middle, or right) and, when an arm has training diagnostics, the share of pairs
+    contrasted over steps per QGFace arm (mean over seeds; right). Matplotlib, Agg backend."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     arms = list(study["arms"])
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5), dpi=110)
+    diag = any(a.get("diagnostics") for a in study["arms"].values())
+    fig, axes = plt.subplots(1, 3 if diag else 2, figsize=(18 if diag else 12, 4.5), dpi=110)
+    ax1, ax2 = axes[:2]
     x = np.arange(len(PAIR_TYPES))
     w = 0.8 / max(1, len(arms))
     for i, n in enumerate(arms):
@@ -189,6 +245,11 @@ def plot(study: dict, path) -> None:
         if c:
             ax2.plot([q["step"] for q in c], [q["mean"] for q in c], "-o", ms=3, color=colours[i % len(colours)],
                      label=n)
+        d = study["arms"][n].get("diagnostics")
+        if diag and d and d["curve"]:
+            axes[2].plot([q["step"] for q in d["curve"]],
+                         [np.nan if q["contrast_fraction"] is None else 100 * q["contrast_fraction"]
+                          for q in d["curve"]], "-o", ms=3, color=colours[i % len(colours)], label=n)
     ax1.set_xticks(x)
     ax1.set_xticklabels(PAIR_TYPES)
     lo_all = [100 * a["pairs"][t]["mean"] for a in study["arms"].values() for t in a["pairs"]]
@@ -198,11 +259,16 @@ def plot(study: dict, path) -> None:
     ax2.axhline(0.5, color="k", lw=0.8, ls="--")
     ax2.set_xlabel("training step")
     ax2.set_ylabel("norm AUROC, clean vs degraded (seed mean)")
-    for ax in (ax1, ax2):
+    if diag:
+        axes[2].set_ylim(0, 100)
+        axes[2].set_xlabel("training step")
+        axes[2].set_ylabel("pairs contrasted, % (weight > 0; seed mean)")
+    for ax in axes:
         ax.grid(True, axis="y", ls="--", lw=0.5)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)
-    fig.suptitle("Study: accuracy per pair type, and the norm's quality separation during training", fontsize=10)
+    fig.suptitle("Study: accuracy per pair type, and the norm's quality separation during training"
+                 + (" (right: QGFace's pairs contrasted)" if diag else ""), fontsize=10)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

@@ -7,6 +7,11 @@ the AUROC logger of :mod:`.evaluate` as its ``on_log``), then ``evaluator(cfg, s
 the evaluation suite on the ``--data`` benchmarks when given). Each finished run writes
 ``<output>/runs/<arm>/seed<k>/result.json`` atomically; a re-run skips the runs that have one (and says so), so an
 interrupted study resumes with what is missing (a run interrupted half-way is trained again from its start).
+A result holds the run's arm, seed, views and config, the training summary's headline figures, the AUROC curve,
+the times, the evaluation, and ``"diagnostics"``: QGFace's training diagnostics from the summary's history
+(:func:`~.diagnostics.training_diagnostics`: rows classified HQ, pairs contrasted per quarter, queue fill; None
+for a single-view baseline). A result loaded from an earlier study without them gets them from its run's
+``train/summary.json`` when that is there (the old ``result.json`` is not rewritten).
 One progress line per finished run: its time, the elapsed time and the estimate for the runs left.
 
 :data:`PROFILES` size a study: ``cpu`` (a 2-core machine: 3 arms x 2 seeds in about 45 minutes, data and
@@ -22,6 +27,7 @@ from pathlib import Path
 
 from ..utils import atomic_write
 from .arms import study_config, views_of
+from .diagnostics import training_diagnostics
 
 __all__ = ["PROFILES", "RESULT_FILE", "run_dir", "run_study", "default_trainer", "default_evaluator", "fmt_seconds"]
 
@@ -114,6 +120,18 @@ def _total_steps(cfg) -> int:
     return (cfg.num_image // cfg.batch_size) * cfg.num_epoch  # one process (the study trains in this one)
 
 
+def _saved_diagnostics(run) -> dict | None:
+    """The diagnostics of an earlier run from its ``train/summary.json`` (None when that is missing or unreadable)."""
+    path = Path(run) / "train" / "summary.json"
+    if not path.is_file():
+        return None
+    try:
+        summary = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return training_diagnostics(summary.get("history")) if isinstance(summary, dict) else None
+
+
 def run_study(arms, seeds, seed, data, probes, profile, output, trainer=None, evaluator=None, match_rows=True,
               log=print) -> dict:
     """Train and evaluate what is missing; returns ``{(arm name, k): result}`` of every finished run.
@@ -129,6 +147,8 @@ def run_study(arms, seeds, seed, data, probes, profile, output, trainer=None, ev
         path = run_dir(output, name, k) / RESULT_FILE
         if path.is_file():
             results[name, k] = json.loads(path.read_text(encoding="utf-8"))
+            if "diagnostics" not in results[name, k]:  # an older study's result: from its training summary
+                results[name, k]["diagnostics"] = _saved_diagnostics(run_dir(output, name, k))
             log(f"[study] {name} seed {k}: done before, skipped ({path})")
         else:
             todo.append((name, k))
@@ -147,7 +167,8 @@ def run_study(arms, seeds, seed, data, probes, profile, output, trainer=None, ev
                   "config": {key: (list(v) if isinstance(v, tuple) else v) for key, v in cfg.items()},
                   "train": {key: summary.get(key) for key in ("steps", "images_per_step", "rows_per_step", "wall_s",
                                                              "network", "device", "final", "model")},
-                  "auroc_curve": logger.curve, "seconds": {"train": round(t_train, 1), "auroc_logging":
+                  "auroc_curve": logger.curve, "diagnostics": training_diagnostics(summary.get("history")),
+                  "seconds": {"train": round(t_train, 1), "auroc_logging":
                                                            round(logger.seconds, 1), "total": round(seconds, 1)},
                   **evaluation}
         path = run_dir(output, name, k) / RESULT_FILE

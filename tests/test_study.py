@@ -337,3 +337,25 @@ def test_tool_bad_input_exits_2(tmp_path, capsys):
     assert "not found" in capsys.readouterr().err
     assert tool.main(["--output", str(tmp_path), "--arms", "qgface", "--reference", "arcface"]) == 2
     assert not (tmp_path / "data").exists()
+
+
+def test_a_record_set_the_study_did_not_make_is_never_overwritten(tmp_path):
+    from qgface_plugin.errors import QGFaceInputError
+    from qgface_plugin.study.data import prepare_data
+    dataset = dict(PROFILES["quick"]["dataset"])
+    own = tmp_path / "own"  # the user's own record set: no dataset.json
+    own.mkdir()
+    (own / "train.rec").write_bytes(b"user data")
+    (own / "train.idx").write_text("0\t0\n")
+    with pytest.raises(QGFaceInputError, match="the synthetic generator did not make .* will not overwrite it"):
+        prepare_data(own, dataset, seed=0, log=lambda *a, **k: None)
+    assert (own / "train.rec").read_bytes() == b"user data" and sorted(p.name for p in own.iterdir()) == \
+        ["train.idx", "train.rec"]
+    made = tmp_path / "made"
+    prepare_data(made, dataset, seed=0, log=lambda *a, **k: None)
+    before = (made / "train.rec").read_bytes()
+    with pytest.raises(QGFaceInputError, match=r"made with other arguments: seed 0 \(wanted 1\)"):
+        prepare_data(made, dataset, seed=1, log=lambda *a, **k: None)
+    assert (made / "train.rec").read_bytes() == before
+    again = prepare_data(made, dataset, seed=1, log=lambda *a, **k: None, replace=True)  # the study's own folder
+    assert again["dataset"]["seed"] == 1 and (made / "train.rec").read_bytes() != before

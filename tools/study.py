@@ -63,7 +63,8 @@ def build_parser():
                         "here)")
     p.add_argument("--quick", action="store_true", help="a tiny study (seconds; for the tests), instead of --profile")
     p.add_argument("--rec", default=None, help="data folder: the synthetic set, made there unless it holds one made "
-                                               "with the profile's arguments (default: <output>/data)")
+                                               "with the profile's arguments; a folder holding another record set is "
+                                               "refused, never overwritten (default: <output>/data)")
     p.add_argument("--epochs", type=int, default=None,
                    help="epochs of the two-view arms (single-view arms: twice) (default: the profile's)")
     p.add_argument("--auroc-every", type=int, default=None,
@@ -125,7 +126,8 @@ def main(argv=None) -> int:
         from qgface_plugin.arcface import checkout
         checkout.find_root(args.arcface_root)
         data = prepare_data(Path(args.rec) if args.rec else output / "data", profile["dataset"], args.seed,
-                            workers=args.workers if args.workers is not None else 2)
+                            workers=args.workers if args.workers is not None else 2,
+                            replace=not args.rec)  # the study's own folder; never a folder the user named
         probes = probe_set(data["pairs"]["HQ–HQ"], profile["probes"], args.seed)
         print(f"[study] profile {profile_name}: {len(arms)} arm(s) x {args.seeds} seed(s); data and probes ready in "
               f"{fmt_seconds(time.time() - t0)}", flush=True)

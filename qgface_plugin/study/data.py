@@ -64,10 +64,15 @@ def probe_set(hq_bin, n, seed=0):
     return clean, _degraded(clean, seed, STREAM_STUDY_PROBE)
 
 
-def prepare_data(folder, dataset: dict, seed=0, workers=0, log=print) -> dict:
+def prepare_data(folder, dataset: dict, seed=0, workers=0, log=print, replace=False) -> dict:
     """The record set in ``folder`` (made with ``make_dataset(folder, **dataset, seed=seed)`` unless its
     ``dataset.json`` says it was made with those arguments) and the LQ–LQ set. Returns ``{"rec", "num_classes",
-    "num_image", "pairs": {pair type: path}, "dataset": the summary}``."""
+    "num_image", "pairs": {pair type: path}, "dataset": the summary}``.
+
+    A record set already in ``folder`` that was made otherwise is replaced only with ``replace=True`` (the study's
+    own ``<output>/data``); else (a folder the user named) :class:`QGFaceInputError` says why and nothing is
+    written: a record set without the generator's ``dataset.json`` (the user's own data) or a synthetic set
+    made with other arguments (each named)."""
     folder = Path(folder)
     summary_path = folder / "dataset.json"
     want = dict(dataset, seed=seed)
@@ -75,6 +80,18 @@ def prepare_data(folder, dataset: dict, seed=0, workers=0, log=print) -> dict:
             "num_val_identities": "num_val_identities", "val_pairs": "val_pairs", "seed": "seed"}
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() else None
     fresh = not (summary is not None and all(summary.get(v) == want[k] for k, v in keys.items() if k in want))
+    existing = [name for name in ("train.rec", "train.idx") if (folder / name).exists()]
+    if fresh and existing and not replace:
+        if summary is None:
+            raise QGFaceInputError(
+                f"{folder} holds a record set ({', '.join(existing)}) that the synthetic generator did not make (no "
+                "dataset.json): the study trains on its own synthetic mixed-quality set and will not overwrite it; "
+                "give --rec an empty or new folder (or leave --rec out: <output>/data)")
+        differ = ", ".join(f"{k} {summary.get(v)!r} (wanted {want[k]!r})" for k, v in keys.items()
+                           if k in want and summary.get(v) != want[k])
+        raise QGFaceInputError(
+            f"{folder} holds a synthetic set made with other arguments: {differ}; give --rec another folder, or "
+            "delete this one to have it made again")
     if not fresh:
         log(f"[study] data: reusing {folder} ({summary['num_images']} images, {summary['num_classes']} identities)")
     else:

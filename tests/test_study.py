@@ -359,3 +359,17 @@ def test_a_record_set_the_study_did_not_make_is_never_overwritten(tmp_path):
     assert (made / "train.rec").read_bytes() == before
     again = prepare_data(made, dataset, seed=1, log=lambda *a, **k: None, replace=True)  # the study's own folder
     assert again["dataset"]["seed"] == 1 and (made / "train.rec").read_bytes() != before
+
+
+def test_suite_figures_get_per_seed_differences_with_a_t_interval(tmp_path):
+    results = _run(tmp_path, _Trainer())
+    tar = {("qgface", 0): 0.60, ("qgface", 1): 0.70, ("arcface", 0): 0.50, ("arcface", 1): 0.64}
+    for key, r in results.items():
+        r["suite"] = {"benchmarks": {"ijbc": {"headline": {"TAR@FAR=1e-4": tar[key], "note": "text"}}}}
+    study = report.summarise(results, arms_mod.parse_arms("qgface,arcface"), resamples=50)
+    d = study["differences"]["arcface"]["suite"]["ijbc / TAR@FAR=1e-4"]
+    assert d["per_seed"] == pytest.approx([0.10, 0.06]) and d["mean"] == pytest.approx(0.08)
+    # t_{0.975, 1} = 12.706, sd of (0.10, 0.06) = 0.02 * sqrt(2), half width = 12.706 * 0.02 = 0.2541
+    assert d["low"] == pytest.approx(0.08 - 0.25412, abs=1e-4) and d["high"] == pytest.approx(0.08 + 0.25412, abs=1e-4)
+    md = report.markdown(study)
+    assert "qgface − baseline on these figures" in md and "| ijbc / TAR@FAR=1e-4 | +8.0 [-17.4, +33.4] |" in md

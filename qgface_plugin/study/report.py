@@ -5,7 +5,8 @@ per-seed accuracies with their mean and Student-t interval over seeds (:func:`~.
 AUROC of the norm likewise, the mean AUROC curve, and the suite's headline figures when ``--data`` was given;
 per baseline, the difference ``reference - baseline`` (positive: the reference, QGFace, is better) of each pair
 type's accuracy with its paired two-stage bootstrap interval over seeds and pairs
-(:func:`~.stats.seed_pair_bootstrap`) and of the AUROC with its t interval over the per-seed differences.
+(:func:`~.stats.seed_pair_bootstrap`), of the AUROC and of each ``--data`` headline figure with its t interval over
+the per-seed differences.
 Per QGFace arm also its training diagnostics (the results' ``"diagnostics"``, :mod:`.diagnostics`): the share of
 rows classified HQ and of pairs contrasted (means over the logged steps, overall and per quarter of training)
 with their mean and t interval over seeds, ``b``, the last logged step's queue fill and norm statistics
@@ -36,6 +37,11 @@ def _flatten(d, prefix=""):
         elif isinstance(v, (int, float)) and not isinstance(v, bool):
             out[key] = float(v)
     return out
+
+
+def _headlines(run) -> dict:
+    """A run's evaluation-suite headline figures (``--data``), flattened to ``{"benchmark / figure": value}``."""
+    return _flatten({b: v.get("headline") for b, v in (run.get("suite") or {}).get("benchmarks", {}).items()})
 
 
 def _mean_or_none(values):
@@ -81,8 +87,7 @@ def _arm_summary(name, runs, level):
         vals = [p["auroc"] for r in runs for p in r.get("auroc_curve", []) if p["step"] == s]
         curve.append({"step": s, "per_seed": vals, "mean": float(np.mean(vals))})
     suite = {}
-    headlines = [_flatten({b: v.get("headline") for b, v in r["suite"].get("benchmarks", {}).items()})
-                 for r in runs if r.get("suite")]
+    headlines = [_headlines(r) for r in runs if r.get("suite")]
     for key in (headlines[0] if headlines else {}):
         suite[key] = t_interval([h.get(key) for h in headlines], level)
     cfg = first["config"]
@@ -126,6 +131,12 @@ def summarise(results: dict, arms, reference=None, resamples=1000, seed=0, level
         d_auc = [ref_runs[k]["auroc"]["auroc"] - other[k]["auroc"]["auroc"] for k in ks
                  if ref_runs[k].get("auroc") and other[k].get("auroc")]
         diff["auroc"] = {"per_seed": d_auc, **t_interval(d_auc, level)}
+        ref_h, other_h = {k: _headlines(ref_runs[k]) for k in ks}, {k: _headlines(other[k]) for k in ks}
+        keys = [key for key in ref_h[ks[0]] if all(key in ref_h[k] and key in other_h[k] for k in ks)]
+        diff["suite"] = {}
+        for key in keys:
+            d = [ref_h[k][key] - other_h[k][key] for k in ks]
+            diff["suite"][key] = {"per_seed": d, **t_interval(d, level)}
         out["differences"][n] = diff
     return out
 
@@ -200,6 +211,15 @@ def markdown(study: dict) -> str:
                   "| figure | " + " | ".join(suite) + " |", "|---" * (len(suite) + 1) + "|"]
         for k in keys:
             lines.append(f"| {k} | " + " | ".join(_ci(s[k]) if k in s else "–" for s in suite.values()) + " |")
+        diffs = {n: d["suite"] for n, d in study["differences"].items() if d.get("suite")}
+        if diffs:
+            lines += ["", f"{ref} − baseline on these figures (points; positive = {ref} higher, which is better "
+                      f"for accuracies and TARs), mean [{lv} t interval over the per-seed differences; none with "
+                      "1 seed]:", "", "| figure | " + " | ".join(f"{ref} − {n}" for n in diffs) + " |",
+                      "|---" * (len(diffs) + 1) + "|"]
+            for k in dict.fromkeys(k for d in diffs.values() for k in d):
+                lines.append(f"| {k} | " + " | ".join(_ci(d[k], sign=True) if k in d else "–" for d in diffs.values())
+                             + " |")
     diags = {n: a["diagnostics"] for n, a in study["arms"].items() if a.get("diagnostics")}
     if diags:
         lines += ["", "## Training diagnostics (QGFace arms)", "",

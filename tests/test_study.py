@@ -373,3 +373,11 @@ def test_suite_figures_get_per_seed_differences_with_a_t_interval(tmp_path):
     assert d["low"] == pytest.approx(0.08 - 0.25412, abs=1e-4) and d["high"] == pytest.approx(0.08 + 0.25412, abs=1e-4)
     md = report.markdown(study)
     assert "qgface − baseline on these figures" in md and "| ijbc / TAR@FAR=1e-4 | +8.0 [-17.4, +33.4] |" in md
+
+
+@pytest.mark.parametrize("seeds, says", [(1, "with 1 seed there is no interval over seeds"),
+                                         (2, "with 2 seeds t = 12.7, so the interval is wide."),
+                                         (6, "with 6 seeds t = 2.57.")])
+def test_the_report_says_what_the_seed_count_does_to_the_interval(seeds, says):
+    arms = {"qgface": {"seeds": list(range(seeds))}, "arcface": {"seeds": list(range(seeds + 1))}}
+    assert report._seeds_note({"arms": arms, "level": 0.95}).startswith(says)

@@ -163,6 +163,16 @@ def _num(v, scale=100, fmt=".1f"):
     return "–" if v is None else format(scale * v, fmt)
 
 
+def _seeds_note(study) -> str:
+    """What the interval over seeds means for the study's smallest seed count."""
+    n = min((len(a["seeds"]) for a in study["arms"].values()), default=0)
+    if n < 2:
+        return "with 1 seed there is no interval over seeds (the differences below still resample the pairs)."
+    from scipy.stats import t
+    return (f"with {n} seeds t = {float(t.ppf((1 + study['level']) / 2, n - 1)):.3g}"
+            + (", so the interval is wide." if n < 5 else "."))
+
+
 def markdown(study: dict) -> str:
     meta, ref, lv = study["meta"], study["reference"], f"{100 * study['level']:g}%"
     lines = ["# Study: QGFace against its baselines", ""]
@@ -177,7 +187,7 @@ def markdown(study: dict) -> str:
         lines.append(f"| {n} | {study['descriptions'].get(n, '')} | {a['loss']} | {a['views']} | {a['steps']} | "
                      f"{a['seconds_mean'] / 60:.1f} min |")
     lines += ["", f"## Verification accuracy (%), mean [{lv} interval] over seeds", "",
-              f"Per arm: {study['interval_per_arm']}; with 2 seeds t = 12.7, so the interval is wide.", "",
+              f"Per arm: {study['interval_per_arm']}; {_seeds_note(study)}", "",
               "| arm | " + " | ".join(PAIR_TYPES) + " | AUROC of the norm (clean vs degraded) |",
               "|---" * (len(PAIR_TYPES) + 2) + "|"]
     for n, a in study["arms"].items():

@@ -28,7 +28,22 @@ __all__ = ["SyntheticImages", "SampleSeeded", "ResumableSampler", "NamedRecordEr
            "build_loader"]
 
 
-class SampleSeeded(torch.utils.data.Dataset):
+class _Wrapped(torch.utils.data.Dataset):
+    """A dataset around ``dataset``: its length, and its attributes (transform, imgidx, ...) as before wrapping."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getattr__(self, name):
+        if name == "dataset":  # not set yet (unpickling in a worker): no recursion
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
+
+
+class SampleSeeded(_Wrapped):
     """``dataset`` with each item's randomness drawn from ``(seed, epoch, index)``.
 
     Before ``dataset[i]`` the transform's generator is seeded (``seed_sample((epoch, i))`` where the
@@ -39,18 +54,11 @@ class SampleSeeded(torch.utils.data.Dataset):
     """
 
     def __init__(self, dataset, seed: int):
-        self.dataset, self.seed, self.epoch = dataset, int(seed), 0
+        super().__init__(dataset)
+        self.seed, self.epoch = int(seed), 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
-
-    def __len__(self):
-        return len(self.dataset)
-
-    def __getattr__(self, name):  # the wrapped set's attributes (transform, ...), as before wrapping
-        if name == "dataset":
-            raise AttributeError(name)
-        return getattr(self.dataset, name)
 
     def __getitem__(self, index):
         key = (self.epoch, int(index))
@@ -63,20 +71,9 @@ class SampleSeeded(torch.utils.data.Dataset):
             return self.dataset[index]
 
 
-class NamedRecordErrors(torch.utils.data.Dataset):
+class NamedRecordErrors(_Wrapped):
     """arcface_torch's ``MXFaceDataset`` with mxnet's errors (``MXNetError: ... Decoding failed. Invalid image
     file.``, which names neither file nor record) re-raised as a :class:`RecordIOError` that names both."""
-
-    def __init__(self, dataset):
-        self.dataset = dataset
-
-    def __len__(self):
-        return len(self.dataset)
-
-    def __getattr__(self, name):  # transform, imgidx, ...: the wrapped set's
-        if name == "dataset":
-            raise AttributeError(name)
-        return getattr(self.dataset, name)
 
     def __getitem__(self, index):
         try:
@@ -138,17 +135,22 @@ class SyntheticImages(torch.utils.data.Dataset):
         return self.transform(self.pool[i % len(self.pool)]), torch.tensor(i % self.num_classes)
 
 
-def record_dataset(cfg, ns, rank):
-    """The record set as arcface_torch's ``MXFaceDataset`` (``record_reader="mxnet"``) or this
-    package's mxnet-free :class:`~qgface_plugin.formats.record_dataset.RecordDataset` (``"python"``: same order,
-    labels and pixels); ``"auto"`` takes mxnet's when it imports."""
+def record_dataset(cfg, ns, rank, transform=None):
+    """The record set as arcface_torch's ``MXFaceDataset`` (``record_reader="mxnet"``; its errors naming the record,
+    :class:`NamedRecordErrors`) or this package's mxnet-free
+    :class:`~qgface_plugin.formats.record_dataset.RecordDataset` (``"python"``: same order, labels and pixels);
+    ``"auto"`` takes mxnet's when it imports. ``transform`` replaces the dataset's own (upstream's flip) when given."""
     reader = cfg.record_reader
     if reader == "auto":  # the decision upstream.load() made for this process
         reader = "python" if getattr(ns, "mxnet_missing", None) else "mxnet"
     if reader == "mxnet":
-        return ns.MXFaceDataset(root_dir=cfg.rec, local_rank=rank)
-    from ..formats.record_dataset import RecordDataset
-    return RecordDataset(root_dir=cfg.rec, local_rank=rank)
+        dataset = ns.MXFaceDataset(root_dir=cfg.rec, local_rank=rank)
+    else:
+        from ..formats.record_dataset import RecordDataset
+        dataset = RecordDataset(root_dir=cfg.rec, local_rank=rank)
+    if transform is not None:
+        dataset.transform = transform
+    return NamedRecordErrors(dataset) if reader == "mxnet" else dataset
 
 
 def build_loader(cfg, ns, rank, world, device):
@@ -169,11 +171,8 @@ def build_loader(cfg, ns, rank, world, device):
         dataset = SyntheticImages(cfg.num_image, cfg.num_classes, transform, seed=cfg.seed)
     else:
         check_record_dataset(cfg.rec, cfg.num_classes)
-        dataset = record_dataset(cfg, ns, rank)
-        if cfg.loss == "qgface" or mixed or cfg.loader_uint8:  # else upstream's own flip + normalise
-            dataset.transform = transform
-        if type(dataset).__name__ == "MXFaceDataset":
-            dataset = NamedRecordErrors(dataset)
+        own = cfg.loss == "qgface" or mixed or cfg.loader_uint8  # else upstream's own flip + normalise
+        dataset = record_dataset(cfg, ns, rank, transform if own else None)
     dataset = SampleSeeded(dataset, cfg.seed)
     sampler = ResumableSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed)
     loader = torch.utils.data.DataLoader(

@@ -15,7 +15,7 @@ import math
 
 import numpy as np
 
-__all__ = ["training_diagnostics"]
+__all__ = ["FRACTIONS", "training_diagnostics", "mean_or_none"]
 
 FRACTIONS = ("hq_fraction", "contrast_fraction")
 FINAL = ("norm_mean", "norm_std", "queue_fill", "hq_fraction", "contrast_fraction")
@@ -30,9 +30,14 @@ def _value(entry, key):
     return v if math.isfinite(v) else None
 
 
-def _mean(entries, key):
-    vals = [v for v in (_value(e, key) for e in entries) if v is not None]
+def mean_or_none(values):
+    """The mean of the values that are not ``None`` (``None`` when there are none)."""
+    vals = [v for v in values if v is not None]
     return float(np.mean(vals)) if vals else None
+
+
+def _mean(entries, key):
+    return mean_or_none(_value(e, key) for e in entries)
 
 
 def training_diagnostics(history) -> dict | None:

@@ -23,6 +23,7 @@ import numpy as np
 from ..eval.paired import LEVEL
 from ..utils import atomic_write
 from .data import PAIR_TYPES
+from .diagnostics import FRACTIONS, mean_or_none
 from .stats import seed_pair_bootstrap, t_interval
 
 __all__ = ["summarise", "markdown", "plot", "write"]
@@ -44,11 +45,6 @@ def _headlines(run) -> dict:
     return _flatten({b: v.get("headline") for b, v in (run.get("suite") or {}).get("benchmarks", {}).items()})
 
 
-def _mean_or_none(values):
-    v = [x for x in values if x is not None]
-    return float(np.mean(v)) if v else None
-
-
 def _diagnostics(runs, level):
     """The arm's training diagnostics over its seeds (None when no run has them)."""
     diags = [r["diagnostics"] for r in runs if r.get("diagnostics")]
@@ -62,12 +58,12 @@ def _diagnostics(runs, level):
     for i in range(max(len(d["by_quarter"]) for d in diags)):
         qs = [d["by_quarter"][i] for d in diags if i < len(d["by_quarter"])]
         quarters.append({"steps": qs[0]["steps"], **{k: field(q.get(k) for q in qs)
-                                                     for k in ("hq_fraction", "contrast_fraction")}})
+                                                     for k in FRACTIONS}})
     steps = sorted({p["step"] for d in diags for p in d.get("curve", [])})
-    curve = [{"step": s, **{k: _mean_or_none(p.get(k) for d in diags for p in d.get("curve", []) if p["step"] == s)
-                            for k in ("hq_fraction", "contrast_fraction")}} for s in steps]
-    finals = {k: _mean_or_none((d.get("final") or {}).get(k) for d in diags) for k in diags[0].get("final", {})}
-    return {"runs": len(diags), "threshold": _mean_or_none(d.get("threshold") for d in diags),
+    curve = [{"step": s, **{k: mean_or_none(p.get(k) for d in diags for p in d.get("curve", []) if p["step"] == s)
+                            for k in FRACTIONS}} for s in steps]
+    finals = {k: mean_or_none((d.get("final") or {}).get(k) for d in diags) for k in diags[0].get("final", {})}
+    return {"runs": len(diags), "threshold": mean_or_none(d.get("threshold") for d in diags),
             "hq_fraction": field(d.get("hq_fraction") for d in diags),
             "contrast_fraction": field(d.get("contrast_fraction") for d in diags),
             "by_quarter": quarters, "final": finals, "curve": curve}
